@@ -1,0 +1,63 @@
+# Tartan. `make demo` and `make test` set up everything they need on a fresh Debian 12
+# machine (run as root) and are safe to run again.
+
+SHELL := /bin/bash
+PYTHON_BASE ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .make
+
+# Debian packages the plugins, the tests and the demo use.
+APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
+	containernetworking-plugins busybox-static tcpdump conntrack
+
+SOURCES := $(shell find cni ipam -name '*.py' 2>/dev/null) pyproject.toml
+
+.PHONY: all deps apt venv demo test unit lint bench clean
+
+all: venv
+
+deps: apt venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	"$(PYTHON_BASE)" -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "pyroute2>=0.9.7,<0.10" "pytest>=8" "ruff>=0.6"
+	@touch $@
+
+# The project itself is installed (not editable), so the tests run the same console
+# scripts an operator gets.
+$(STAMPS)/install: $(STAMPS)/venv $(SOURCES)
+	$(PY) -m pip install -q --no-deps --no-build-isolation --force-reinstall .
+	@rm -rf build *.egg-info
+	@touch $@
+
+venv: $(STAMPS)/install
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+test: deps lint
+	$(VENV)/bin/pytest -q -rs tests
+
+demo: deps
+	$(PY) -m tartan.cni.demo
+
+bench: deps
+	$(PY) bench/cni_latency.py --pairs 40 --report bench/reports/cni_latency.md
+
+clean:
+	rm -rf $(VENV) $(STAMPS) build *.egg-info

@@ -1,0 +1,301 @@
+"""The one iptables applier every Tartan component shares: rules as data, one restore per table.
+
+A caller describes what it owns in one table of one family (`Table`): whole chains (`Chain`,
+full content), single rules in chains it shares with others (`Rule`), and chains or rules to
+remove. `Iptables.apply` reads the live table once with iptables-save, computes the difference
+and, when there is one, writes it with a single `iptables-restore --noflush --wait`, so the
+change is atomic. Applying the same state again runs no restore.
+
+Rule arguments are written in iptables-save's canonical form (`-s 10.1.0.2/32`, matches before
+the target) and compared token by token, split the way iptables-restore splits them, so quoting
+never matters. `verify=True` re-reads after a change and fails when a second pass would still
+change something: the cheap proof that a caller's rules are canonical (neutron's debug mode).
+
+Callers that own different chains never disturb each other: a payload names only what
+differs. Only the standard library is imported: this sits on the plugin's path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tartan.cni import errors
+from tartan.cni.ip.iptables_backend import (
+    Runner,
+    host_backend,
+    quote,
+    run_command,
+    split_args,
+    target_of,
+)
+
+TABLES = ("filter", "nat", "mangle", "raw")
+BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
+FAMILIES = {4: "iptables", 6: "ip6tables"}
+BACKENDS = ("nft", "legacy")
+_VERDICTS = frozenset({"ACCEPT", "DROP", "QUEUE", "RETURN"})
+MAX_CHAIN_LEN = 28  # XT_EXTENSION_MAXNAMELEN (29) minus the terminating NUL
+_CHAIN_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
+_CONTEXT = 3  # payload lines shown either side of a failing one
+
+
+class InvalidName(errors.IptablesFailure):
+    """A table, chain or argument that must not reach iptables."""
+
+
+def check_table(name: str) -> str:
+    if name not in TABLES:
+        raise InvalidName(f"invalid iptables table {name!r}: use one of {', '.join(TABLES)}")
+    return name
+
+
+def check_chain(name: str) -> str:
+    if (not isinstance(name, str) or len(name) > MAX_CHAIN_LEN
+            or not _CHAIN_NAME.fullmatch(name) or name in _VERDICTS):
+        raise InvalidName(
+            f"invalid iptables chain name {name!r}: use 1-{MAX_CHAIN_LEN} characters from "
+            "A-Z a-z 0-9 _ . - , not starting with '-' and not a verdict (ACCEPT, DROP, ...)")
+    return name
+
+
+def _check_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    for arg in args:
+        if not isinstance(arg, str) or any(c in arg for c in "\n\r\0"):
+            raise InvalidName(f"invalid iptables argument {arg!r}: must be a one-line string")
+    return args
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule in `chain`. `insert` puts a missing rule first in the chain instead of last.
+
+    Names are checked when a `Table` is built (rules read back from the kernel are not).
+    """
+
+    chain: str
+    args: tuple[str, ...]
+    insert: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(self.args))
+
+    @property
+    def target(self) -> str | None:
+        return target_of(self.args)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A chain its caller owns: it is created if missing and its rules made exactly `rules`."""
+
+    name: str
+    rules: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_chain(self.name)
+        if self.name in BUILTIN_CHAINS:
+            raise InvalidName(f"built-in chain {self.name} cannot be owned; add Rules to it")
+        object.__setattr__(self, "rules", tuple(_check_args(tuple(r)) for r in self.rules))
+
+
+@dataclass(frozen=True)
+class Table:
+    """The desired state of what one caller owns in one table."""
+
+    name: str
+    chains: tuple[Chain, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    delete_chains: tuple[str, ...] = ()
+    delete_rules: tuple[Rule, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_table(self.name)
+        for name in ("chains", "rules", "delete_chains", "delete_rules"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for rule in (*self.rules, *self.delete_rules):
+            check_chain(rule.chain)
+            _check_args(rule.args)
+        for name in self.delete_chains:
+            check_chain(name)
+        owned, doomed = [c.name for c in self.chains], set(self.delete_chains)
+        clash = set(owned) & doomed | {r.chain for r in self.rules} & (set(owned) | doomed)
+        clash |= {name for name in owned if owned.count(name) > 1}
+        if clash:
+            raise InvalidName(f"chains {sorted(clash)} are declared twice, or both owned and "
+                              "deleted or shared")
+
+
+@dataclass
+class LiveTable:
+    """One table as iptables-save printed it: every chain with its rules, in order."""
+
+    name: str
+    chains: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+
+    def rules(self) -> Iterable[Rule]:
+        for chain, rules in self.chains.items():
+            for args in rules:
+                yield Rule(chain, args)
+
+    def jumps_to(self, chain: str) -> list[Rule]:
+        return [rule for rule in self.rules() if rule.target == chain]
+
+
+def rule_line(op: str, chain: str, args: Iterable[str]) -> str:
+    return " ".join([op, chain, *map(quote, args)])
+
+
+def parse_save(text: str, table: str) -> LiveTable:
+    """Parse iptables-save output, keeping only `table`."""
+    live, current = LiveTable(table), None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = line[1:].strip()
+        elif current != table:
+            continue
+        elif line.startswith(":"):
+            live.chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            tokens = split_args(line)
+            live.chains.setdefault(tokens[1], []).append(tuple(tokens[2:]))
+    return live
+
+
+def plan(state: Table, live: LiveTable) -> list[str]:
+    """The restore lines (between `*table` and `COMMIT`) that make `live` match `state`.
+
+    Order: declare (create or flush) chains, delete rules, fill owned chains, add shared
+    rules, delete chains. Empty when nothing needs to change.
+    """
+    doomed = sorted(set(state.delete_chains) & live.chains.keys())
+    stale = [c for c in state.chains if live.chains.get(c.name) != list(c.rules)]
+    rewritten = {c.name for c in stale} | set(doomed)
+    return (
+        [f":{name} - [0:0]" for name in [*doomed, *(c.name for c in stale)]]
+        + _deletions(state, live, set(doomed), rewritten)
+        + [rule_line("-A", c.name, args) for c in stale for args in c.rules]
+        + _additions(state.rules, live)
+        + [f"-X {name}" for name in doomed]
+    )
+
+
+def _deletions(state: Table, live: LiveTable, doomed: set[str], rewritten: set[str]) -> list[str]:
+    """Jumps to doomed chains, rules to delete, and extra copies of shared rules."""
+    counts = Counter(live.rules())  # in live order, so the payload is deterministic
+    dropped = set(map(_unplaced, state.delete_rules))
+    extra = {r: n for r, n in counts.items() if r.target in doomed or r in dropped}
+    extra.update({r: counts[r] - 1 for r in map(_unplaced, state.rules) if counts[r] > 1})
+    return [rule_line("-D", r.chain, r.args)
+            for r, n in extra.items() if r.chain not in rewritten for _ in range(n)]
+
+
+def _additions(rules: tuple[Rule, ...], live: LiveTable) -> list[str]:
+    missing = [r for r in rules if r.args not in live.chains.get(r.chain, [])]
+    inserts = [rule_line("-I", r.chain, ("1", *r.args)) for r in missing if r.insert]
+    appends = [rule_line("-A", r.chain, r.args) for r in missing if not r.insert]
+    return appends + inserts[::-1]  # inserted in reverse so they end up in the given order
+
+
+def _unplaced(rule: Rule) -> Rule:
+    return Rule(rule.chain, rule.args) if rule.insert else rule
+
+
+class Iptables:
+    """Applies `Table`s for one address family (4: iptables, 6: ip6tables) on one backend.
+
+    `backend` is "nft" or "legacy" (default: what the host's `iptables` is, detected once per
+    process). `runner` runs an argument list with optional stdin (default: subprocess).
+    """
+
+    def __init__(self, family: int = 4, *, backend: str | None = None,
+                 runner: Runner = run_command, verify: bool = False) -> None:
+        if family not in FAMILIES:
+            raise ValueError(f"family must be 4 or 6, not {family!r}")
+        backend = backend or host_backend()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.family, self.backend, self.runner, self.verify = family, backend, runner, verify
+        self.save_cmd = f"{FAMILIES[family]}-{backend}-save"
+        self.restore_cmd = f"{FAMILIES[family]}-{backend}-restore"
+
+    def read(self, table: str) -> LiveTable:
+        """The live table, read with one iptables-save."""
+        proc = self.runner([self.save_cmd, "-t", check_table(table)], None)
+        if proc.returncode != 0:
+            raise errors.IptablesFailure(
+                f"{self.save_cmd} -t {table} failed: {_first_line(proc.stderr)}", proc.stderr)
+        try:
+            return parse_save(proc.stdout, table)
+        except ValueError as exc:
+            raise errors.IptablesFailure(f"cannot parse {self.save_cmd} output: {exc}") from None
+
+    def pending(self, state: Table, live: LiveTable | None = None) -> list[str]:
+        """What `apply` would send (without `*table`/`COMMIT`); empty when in place."""
+        return plan(state, live if live is not None else self.read(state.name))
+
+    def apply(self, state: Table, live: LiveTable | None = None) -> bool:
+        """Make the table match `state` with at most one restore; True when something changed.
+
+        `live` lets a caller that already read the table (to decide what to delete) skip the
+        second read.
+        """
+        lines = self.pending(state, live)
+        if not lines:
+            return False
+        self._restore(state.name, lines)
+        if self.verify and (left := self.pending(state)):
+            raise errors.IptablesFailure(
+                f"{self.restore_cmd}: table {state.name} did not converge; a second pass would "
+                f"still send {len(left)} line(s): {left[0]}", "\n".join(left))
+        return True
+
+    def _restore(self, table: str, lines: list[str]) -> None:
+        """Send `lines` to `table` in one `iptables-restore --noflush --wait`."""
+        payload = [f"*{check_table(table)}", *lines, "COMMIT"]
+        proc = self.runner([self.restore_cmd, "--noflush", "--wait"], "\n".join(payload) + "\n")
+        if proc.returncode != 0:
+            raise restore_error(self.restore_cmd, table, payload, proc.stderr)
+
+
+def restore_error(cmd: str, table: str, payload: list[str], stderr: str) -> errors.IptablesFailure:
+    """An IptablesFailure naming the table and failing rule, with numbered lines around it."""
+    index = _failing_index(payload, stderr)
+    if index is None:
+        return errors.IptablesFailure(
+            f"{cmd} failed in table {table}: {_first_line(stderr)}",
+            f"{stderr.strip()}\npayload:\n{_numbered(payload, 0, len(payload))}")
+    details = _numbered(payload, max(0, index - _CONTEXT), index + _CONTEXT + 1, mark=index)
+    return errors.IptablesFailure(
+        f"{cmd} failed in table {table} at line {index + 1} ({payload[index]}): "
+        f"{_first_line(stderr)}", f"{stderr.strip()}\n{details}")
+
+
+def _failing_index(payload: list[str], stderr: str) -> int | None:
+    """The 0-based payload index iptables-restore blamed ("line N failed", "at line: N").
+
+    nf_tables reports a jump to a missing chain at COMMIT; then blame the first rule that jumps
+    to the chain it names.
+    """
+    found = re.search(r"line:? (\d+)", stderr)
+    if not found or not 0 < int(found.group(1)) <= len(payload):
+        return None
+    index = int(found.group(1)) - 1
+    missing = re.search(r"Chain '([^']+)' does not exist", stderr)
+    if payload[index] == "COMMIT" and missing:
+        jumps = [i for i, line in enumerate(payload)
+                 if line.startswith("-") and target_of(tuple(split_args(line))) == missing[1]]
+        index = jumps[0] if jumps else index
+    return index
+
+
+def _numbered(payload: list[str], start: int, stop: int, mark: int = -1) -> str:
+    return "\n".join(f"{'>' if i == mark else ' '} {i + 1:4d}  {payload[i]}"
+                     for i in range(start, min(stop, len(payload))))
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "no error output"

@@ -1,0 +1,24 @@
+"""The few /proc/sys knobs the plugins touch (in the namespace of the calling thread)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tartan.cni.errors import KernelFailure
+
+PROC_SYS = Path("/proc/sys")
+
+
+def write(key: str, value: str) -> None:
+    """Write `key` (dotted form, e.g. net.ipv4.ip_forward) unless it already holds `value`."""
+    path = PROC_SYS / key.replace(".", "/")
+    try:
+        if path.read_text().strip() == value:
+            return
+        path.write_text(value)
+    except OSError as exc:
+        raise KernelFailure(f"cannot set {key}={value}: {exc}") from None
+
+
+def enable_forwarding(version: int) -> None:
+    write("net.ipv4.ip_forward" if version == 4 else "net.ipv6.conf.all.forwarding", "1")

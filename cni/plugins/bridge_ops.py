@@ -1,0 +1,189 @@
+"""The kernel steps of tartan-bridge, each one small and each with its undo.
+
+Loaded only when a command does kernel work, so VERSION and bad-input errors never pay for
+pyroute2's import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from tartan.cni.errors import CheckMismatch, Gone, InvalidConfig
+from tartan.cni.ip import addr, link, netns, route
+from tartan.cni.ip.addr import Interface
+from tartan.cni.ip.link import Link
+from tartan.cni.ip.route import RouteSpec
+from tartan.cni.plugins.bridge_config import BridgeConfig
+from tartan.cni.types import Result
+
+DEFAULT_ROUTE = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+@dataclass
+class Attachment:
+    bridge: Link
+    host_veth: Link
+    container: Link
+
+
+def best_effort(fn: Callable, *args: object) -> None:
+    """Run an undo step; a failing undo must not hide the error that triggered it."""
+    with contextlib.suppress(Exception):
+        fn(*args)
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    """Stable per attachment, so a retried ADD finds the stale half of a failed one."""
+    return "veth" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:8]
+
+
+def setup_bridge(host: IPRoute, conf: BridgeConfig) -> Link:
+    bridge = link.ensure_bridge(host, conf.bridge, conf.mtu, vlan_filtering=bool(conf.vlan))
+    if conf.promisc_mode:
+        link.set_promisc(host, bridge.index)
+    return bridge
+
+
+def setup_veth(host: IPRoute, container: IPRoute, netns_path: str, conf: BridgeConfig,
+               bridge: Link, container_id: str, ifname: str, undo: ExitStack) -> Attachment:
+    if link.get(container, ifname) is not None:
+        raise InvalidConfig(f"container already has an interface named {ifname}")
+    name = host_veth_name(container_id, ifname)
+    link.delete(host, name)  # left over from an ADD that died half-way
+    fd = netns.open_netns(netns_path)
+    try:
+        link.add_veth(host, name, ifname, fd, conf.mtu)
+    finally:
+        os.close(fd)
+    undo.callback(best_effort, link.delete, host, name)
+    host_veth = link.require(host, name)
+    link.set_master(host, host_veth.index, bridge.index)
+    if conf.hairpin_mode:
+        link.set_hairpin(host, host_veth.index)
+    if conf.vlan:
+        link.set_port_vlan(host, host_veth.index, conf.vlan)
+    link.set_up(host, host_veth.index)
+    return Attachment(bridge, link.by_index(host, host_veth.index), link.require(container, ifname))
+
+
+def fill_gateways(result: Result) -> None:
+    """A gateway for every address that has none: the subnet's first address."""
+    for ip in result.ips:
+        if not ip.gateway:
+            ip.gateway = str(ipaddress.ip_interface(ip.address).network.network_address + 1)
+
+
+def gateway_addresses(result: Result) -> list[Interface]:
+    out = []
+    for ip in result.ips:
+        if ip.gateway:
+            prefix = ipaddress.ip_interface(ip.address).network.prefixlen
+            out.append(ipaddress.ip_interface(f"{ip.gateway}/{prefix}"))
+    return out
+
+
+def _conflicts(existing: list[Interface], wanted: Interface) -> list[Interface]:
+    if wanted.version == 4:
+        return [a for a in existing if a != wanted]
+    return [a for a in existing if a != wanted and a.network.overlaps(wanted.network)]
+
+
+def ensure_gateway(host: IPRoute, target: Link, wanted: Interface, force: bool) -> None:
+    """Put the gateway on the bridge; a different one already there is an error unless forced."""
+    existing = addr.list_(host, target.index, wanted.version)
+    if wanted in existing:
+        return
+    conflicts = _conflicts(existing, wanted)
+    if conflicts and not force:
+        have = ", ".join(map(str, conflicts))
+        raise InvalidConfig(
+            f"{target.name} already has IP address {have}, different from the gateway {wanted} "
+            f"this network wants: set \"forceAddress\": true to replace it, or delete the stale "
+            f"bridge ({target.name}) if its old subnet is no longer used"
+        )
+    for stale in conflicts:
+        addr.delete(host, target.index, stale)
+    addr.add(host, target.index, wanted)
+
+
+def gateway_link(host: IPRoute, conf: BridgeConfig, bridge: Link) -> Link:
+    if not conf.vlan:
+        return bridge
+    link.add_bridge_self_vlan(host, bridge.index, conf.vlan)
+    return link.ensure_vlan_device(host, bridge, conf.vlan)
+
+
+def container_routes(result: Result, conf: BridgeConfig) -> list[RouteSpec]:
+    gateways = {ipaddress.ip_address(ip.gateway).version: ip.gateway
+                for ip in result.ips if ip.gateway}
+    specs = []
+    for r in result.routes:
+        version = ipaddress.ip_network(r.dst, strict=False).version
+        if conf.is_default_gateway and r.dst == DEFAULT_ROUTE[version]:
+            continue
+        specs.append(RouteSpec(dst=r.dst, gw=r.gw or gateways.get(version, "")))
+    if conf.is_default_gateway:
+        specs += [RouteSpec(dst=DEFAULT_ROUTE[v], gw=gw) for v, gw in gateways.items()]
+    return specs
+
+
+def configure_container(container: IPRoute, iface: Link, result: Result,
+                        routes: list[RouteSpec]) -> None:
+    for ip in result.ips:
+        addr.add(container, iface.index, ipaddress.ip_interface(ip.address))
+    link.set_up(container, iface.index)
+    for spec in routes:
+        route.add(container, RouteSpec(dst=spec.dst, gw=spec.gw, oif=iface.index))
+
+
+def teardown_container(netns_path: str, ifname: str) -> list[Interface]:
+    """Delete the pod's interface (and so the veth pair); return the addresses it had."""
+    try:
+        container = netns.netlink(netns_path)
+    except Gone:
+        return []
+    with container:
+        iface = link.get(container, ifname)
+        if iface is None:
+            return []
+        found = addr.list_(container, iface.index)
+        link.delete(container, ifname)
+        return found
+
+
+def check_container(container: IPRoute, ifname: str, prev: Result) -> None:
+    iface = link.get(container, ifname)
+    if iface is None:
+        raise CheckMismatch(f"container interface {ifname} does not exist")
+    wanted = next((i for i in prev.interfaces if i.name == ifname and i.sandbox), None)
+    if wanted and wanted.mac and wanted.mac.lower() != iface.mac.lower():
+        raise CheckMismatch(f"{ifname} has MAC {iface.mac}, prevResult says {wanted.mac}")
+    have = addr.list_(container, iface.index)
+    for ip in prev.ips:
+        if ipaddress.ip_interface(ip.address) not in have:
+            raise CheckMismatch(f"address {ip.address} is missing from {ifname} in the container")
+    for r in prev.routes:
+        if not route.exists(container, RouteSpec(dst=r.dst, gw=r.gw)):
+            raise CheckMismatch(f"route {r.dst} is missing in the container")
+
+
+def check_host(host: IPRoute, conf: BridgeConfig, prev: Result) -> None:
+    bridge = link.get(host, conf.bridge)
+    if bridge is None:
+        raise CheckMismatch(f"bridge {conf.bridge} does not exist")
+    for iface in prev.interfaces:
+        if iface.sandbox or iface.name == conf.bridge:
+            continue
+        veth = link.get(host, iface.name)
+        if veth is None:
+            raise CheckMismatch(f"host veth {iface.name} does not exist")
+        if veth.master != bridge.index:
+            raise CheckMismatch(f"host veth {iface.name} is not attached to {conf.bridge}")
