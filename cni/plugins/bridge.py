@@ -111,6 +111,10 @@ def cmd_check(args: skel.CmdArgs) -> None:
     with container, netns.netlink() as host:
         ops.check_container(container, args.ifname, prev)
         ops.check_host(host, conf, prev)
+    if conf.ip_masq:
+        from tartan.cni.ip import masq
+
+        masq.check(conf.name, args.container_id, _addresses(prev))
 
 
 def _valid_container_ids(config: dict) -> set[str]:

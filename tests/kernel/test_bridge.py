@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
+import shlex
 
 import pytest
 
@@ -47,6 +48,17 @@ def test_check_passes_then_fails_when_the_address_is_removed(bridge_net):
     reply = bridge_net.check(pod)
     assert reply.error_code == 100
     assert pod.reply.json["ips"][0]["address"] in reply.json["msg"]
+
+
+def test_check_fails_when_the_masquerade_rule_is_gone(bridge_net):
+    conf = bridge_net.conf(ipMasq=True)
+    pod = bridge_net.add(conf)
+    assert bridge_net.check(pod, conf).code == 0
+    jump = next(r for r in bridge_net.masq_rules() if r.startswith("-A POSTROUTING"))
+    bridge_net.host.run("iptables", "-t", "nat", *shlex.split(jump.replace("-A", "-D", 1)))
+    reply = bridge_net.check(pod, conf)
+    assert reply.error_code == 100, reply.stdout
+    assert "masquerade" in reply.json["msg"]
 
 
 def test_check_without_prev_result_is_invalid_config(bridge_net):
