@@ -18,7 +18,10 @@ from tartan.cni import errors
 from tartan.cni.types import Result
 
 # Plugins that can be run in-process: type -> "module:attribute" of their skel.Plugin.
-IN_PROCESS = {"tartan-ipam": "tartan.ipam.plugin:PLUGIN"}
+IN_PROCESS = {
+    "tartan-ipam": "tartan.ipam.plugin:PLUGIN",
+    "tartan-bridge": "tartan.cni.plugins.bridge:PLUGIN",
+}
 
 
 def find_in_path(plugin_type: str, paths: list[str]) -> str:
