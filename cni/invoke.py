@@ -1,9 +1,10 @@
-"""Delegation to another plugin (an IPAM plugin), as the reference `invoke` package does.
+"""Delegation to another plugin, as the reference `invoke` package does.
 
 The delegate is found by its `type` on CNI_PATH and run with the caller's environment, the
 command overridden, and the same network config on stdin. Its error JSON becomes a CniError
-with the delegate's own code. `tartan-ipam` is the exception to the exec: when the file is on
-CNI_PATH, it is run in this process through the same dispatcher, saving an interpreter start.
+with the delegate's own code. Tartan's own plugins (`IN_PROCESS`) are the exception to the
+exec: once found on CNI_PATH they run in this process through the same dispatcher, saving an
+interpreter start per delegation (so a wrapper script put in their place is not run).
 """
 
 from __future__ import annotations
