@@ -9,9 +9,9 @@ STAMPS := .make
 
 # Debian packages the plugins, the tests and the demo use.
 APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
-	containernetworking-plugins busybox-static tcpdump conntrack
+	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3
 
-SOURCES := $(shell find cni ipam -name '*.py' 2>/dev/null) pyproject.toml
+SOURCES := $(shell find cni ipam backends debug -name '*.py' 2>/dev/null) pyproject.toml
 
 .PHONY: all deps apt venv demo test unit lint bench clean
 
@@ -32,7 +32,8 @@ $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)
 	"$(PYTHON_BASE)" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q "pyroute2>=0.9.7,<0.10" "pytest>=8" "ruff>=0.6"
+	$(PY) -m pip install -q "pyroute2>=0.9.7,<0.10" "etcd3>=0.12,<0.13" "prometheus-client>=0.20" \
+		"pytest>=8" "ruff>=0.6"
 	@touch $@
 
 # The project itself is installed (not editable), so the tests run the same console

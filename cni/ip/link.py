@@ -159,6 +159,33 @@ def add_veth(ipr: IPRoute, host_name: str, peer_name: str, peer_netns_fd: int, m
         raise KernelFailure(f"cannot create veth pair {host_name}/{peer_name}: {exc}") from None
 
 
+def add_vxlan(ipr: IPRoute, name: str, vni: int, local: str, parent: int, port: int,
+              mac: str, mtu: int) -> None:
+    """A VXLAN device with learning off: Tartan programs every FDB and neighbour entry."""
+    try:
+        ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local,
+                 vxlan_link=parent, vxlan_port=port, vxlan_learning=0, address=mac, mtu=mtu)
+    except NetlinkError as exc:
+        raise KernelFailure(f"cannot create VXLAN device {name}: {exc}") from None
+
+
+def vxlan_info(ipr: IPRoute, index: int) -> dict:
+    """The VXLAN attributes of link `index` (vni, local, link, port, learning)."""
+    msg = ipr.get_links(index)[0]
+    data = msg.get("IFLA_LINKINFO").get("IFLA_INFO_DATA")
+    return {
+        "vni": data.get("IFLA_VXLAN_ID"),
+        "local": data.get("IFLA_VXLAN_LOCAL"),
+        "link": data.get("IFLA_VXLAN_LINK"),
+        "port": data.get("IFLA_VXLAN_PORT"),
+        "learning": data.get("IFLA_VXLAN_LEARNING"),
+    }
+
+
+def set_mtu(ipr: IPRoute, index: int, mtu: int) -> None:
+    _call(f"cannot set MTU {mtu} on link {index}", ipr.link, "set", index=index, mtu=mtu)
+
+
 def set_master(ipr: IPRoute, index: int, master: int) -> None:
     _call(f"cannot attach link {index} to bridge {master}", ipr.link, "set", index=index,
           master=master)

@@ -13,6 +13,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tartan.cni.errors import KernelFailure
 
 RT_TABLE_MAIN = 254
+RTPROT_BOOT = 3
+RTNH_F_ONLINK = 4
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class RouteSpec:
     oif: int = 0
     table: int = RT_TABLE_MAIN
     onlink: bool = False
+    proto: int = RTPROT_BOOT
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -41,7 +44,9 @@ def _attrs(spec: RouteSpec) -> dict:
     if spec.oif:
         attrs["oif"] = spec.oif
     if spec.onlink:
-        attrs["flags"] = 4  # RTNH_F_ONLINK
+        attrs["flags"] = RTNH_F_ONLINK
+    if spec.proto != RTPROT_BOOT:
+        attrs["proto"] = spec.proto
     return attrs
 
 
@@ -53,6 +58,34 @@ def add(ipr: IPRoute, spec: RouteSpec) -> None:
             return
         via = f" via {spec.gw}" if spec.gw else ""
         raise KernelFailure(f"cannot add route {spec.dst}{via}: {exc}") from None
+
+
+def replace(ipr: IPRoute, spec: RouteSpec) -> None:
+    try:
+        ipr.route("replace", **_attrs(spec))
+    except NetlinkError as exc:
+        via = f" via {spec.gw}" if spec.gw else ""
+        raise KernelFailure(f"cannot set route {spec.dst}{via}: {exc}") from None
+
+
+def delete(ipr: IPRoute, spec: RouteSpec) -> None:
+    try:
+        ipr.route("del", **_attrs(spec))
+    except NetlinkError as exc:
+        if exc.code not in (errno.ESRCH, errno.ENOENT):
+            raise KernelFailure(f"cannot delete route {spec.dst}: {exc}") from None
+
+
+def by_protocol(ipr: IPRoute, proto: int, family: int = socket.AF_INET,
+                table: int = RT_TABLE_MAIN) -> list[RouteSpec]:
+    """Routes tagged with `proto`: the ones a program installed and so may remove."""
+    out = []
+    for msg in ipr.get_routes(family=family, table=table, proto=proto):
+        dst = f"{msg.get('RTA_DST') or ('0.0.0.0' if family == socket.AF_INET else '::')}"
+        out.append(RouteSpec(dst=f"{dst}/{msg['dst_len']}", gw=msg.get("RTA_GATEWAY") or "",
+                             oif=msg.get("RTA_OIF") or 0, table=table,
+                             onlink=bool(msg["flags"] & RTNH_F_ONLINK), proto=proto))
+    return out
 
 
 def exists(ipr: IPRoute, spec: RouteSpec) -> bool:

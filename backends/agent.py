@@ -1,0 +1,152 @@
+"""tartand: the node agent. Parses flags, opens the store, and runs the loop in daemon.py.
+
+Failures an operator can cause (bad config, bad flags, no interface, exhausted network)
+stop it with one line naming the field, before anything is programmed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from tartan.backends import subnetfile
+from tartan.backends.log import Log
+
+DEFAULT_SQLITE = "sqlite:/var/lib/tartan/leases.db"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tartand", description="Tartan node agent")
+    p.add_argument("--store", default=DEFAULT_SQLITE,
+                   help="sqlite:/path/to/leases.db (default) or etcd")
+    p.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379",
+                   help="comma-separated etcd endpoints (with --store etcd)")
+    p.add_argument("--etcd-prefix", default="/coreos.com/network",
+                   help="key prefix; flannel's default reads an existing flannel tree")
+    p.add_argument("--net-config", type=Path,
+                   help="flannel net-conf.json, written into the store when it has none")
+    p.add_argument("--iface", help="external interface (default: the default route's)")
+    p.add_argument("--public-ip", help="this node's IP for peers (default: first on --iface)")
+    p.add_argument("--subnet-file", type=Path, default=subnetfile.DEFAULT_PATH)
+    p.add_argument("--ip-masq", action="store_true",
+                   help="masquerade pod traffic leaving the cluster network")
+    p.add_argument("--http-addr", default="127.0.0.1:9808",
+                   help="HOST:PORT for /healthz, /readyz, /metrics, /status")
+    p.add_argument("--reconcile-interval", type=float, default=5.0)
+    p.add_argument("--lease-ttl", type=float, default=24 * 3600.0)
+    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/tartan"))
+    return p.parse_args(argv)
+
+
+class StartupError(Exception):
+    """Stops the agent with one line."""
+
+
+def open_store(args: argparse.Namespace):
+    if args.store.startswith("sqlite:"):
+        from tartan.ipam.lease_sqlite import SqliteLeaseStore
+
+        return SqliteLeaseStore(Path(args.store.removeprefix("sqlite:")))
+    if args.store == "etcd":
+        from tartan.ipam.lease_etcd import EtcdLeaseStore
+
+        endpoints = [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
+        return EtcdLeaseStore(endpoints, prefix=args.etcd_prefix)
+    raise StartupError(f"--store {args.store!r}: use sqlite:/path/to/leases.db or etcd")
+
+
+def load_network_config(store, path: Path | None):
+    from tartan.ipam.netconf import NetConfError, parse_network_config
+
+    raw = store.get_config()
+    if raw is None and path is None:
+        raise StartupError("no network config in the store: pass --net-config net-conf.json")
+    if raw is None:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"--net-config {path}: {exc}") from None
+        try:
+            parse_network_config(raw)
+        except NetConfError as exc:
+            raise StartupError(f"net-conf.json: {exc}") from None
+        store.put_config(raw)
+    try:
+        return parse_network_config(raw)
+    except NetConfError as exc:
+        raise StartupError(f"network config in the store: {exc}") from None
+
+
+def build(args: argparse.Namespace, log: Log):
+    from tartan.backends import registry
+    from tartan.backends.daemon import Agent, Settings
+    from tartan.backends.metrics import Metrics
+    from tartan.backends.node import NodeError, discover
+    from tartan.ipam.lease import LeaseManager
+
+    store = open_store(args)
+    net = load_network_config(store, args.net_config)
+    try:
+        node = discover(args.iface, args.public_ip)
+    except (NodeError, ValueError) as exc:
+        raise StartupError(str(exc)) from None
+    backend = registry.create(net, node)
+    manager = LeaseManager(store, net, ttl=args.lease_ttl)
+    settings = Settings(args.subnet_file, args.ip_masq, args.reconcile_interval)
+    return Agent(store, manager, net, node, backend, settings, log, Metrics())
+
+
+def serve(agent, address: str):
+    from tartan.backends.http import Probes, serve
+
+    probes = Probes(agent.healthy, lambda: agent.ready, agent.status, agent.metrics)
+    return serve(address, probes)
+
+
+def retrying(step, stop: threading.Event, log: Log):
+    """Run `step` until the store answers (an agent may start before etcd does)."""
+    from tartan.ipam.lease import LeaseContention, StoreUnavailable
+
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return step()
+        except (StoreUnavailable, LeaseContention) as exc:
+            log.warn("store.unavailable" if isinstance(exc, StoreUnavailable)
+                     else "lease.contention", error=str(exc), retry_in=delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = Log()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        agent = retrying(lambda: build(args, log), stop, log)
+        if agent is None:
+            return 0
+        server = serve(agent, args.http_addr)
+        retrying(agent.start, stop, log)
+    except StartupError as exc:
+        print(f"tartand: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the edge: one line, never a traceback
+        print(f"tartand: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    log.info("agent.started", http=args.http_addr, store=args.store.split(":")[0])
+    agent.run(stop)
+    server.shutdown()
+    log.info("agent.stopped", note="datapath left in place")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The node agent's loop: hold a lease, keep the datapath equal to the lease set, forever.
+
+Level-triggered: every pass lists the leases and makes the kernel match them (adding what is
+missing and removing what no lease asks for). A pass runs when the store reports a change
+and at least every reconcile interval, so hand-made damage is repaired too. When the store
+is unreachable the datapath is kept, still reconciled against the last leases seen, and the
+store is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tartan.backends import masq, subnetfile
+from tartan.backends.log import Log
+from tartan.backends.metrics import Metrics
+from tartan.backends.registry import Backend, NodeInfo, PeerState, Report
+from tartan.ipam.lease import (
+    Lease,
+    LeaseError,
+    LeaseLost,
+    LeaseManager,
+    LeaseStore,
+    StoreUnavailable,
+)
+from tartan.ipam.netconf import NetworkConfig
+
+MAX_BACKOFF = 10.0
+
+
+@dataclass
+class Settings:
+    subnet_file: Path
+    ip_masq: bool
+    reconcile_interval: float
+
+
+class Agent:
+    def __init__(self, store: LeaseStore, manager: LeaseManager, net: NetworkConfig,
+                 node: NodeInfo, backend: Backend, settings: Settings, log: Log,
+                 metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.manager, self.net, self.node = store, manager, net, node
+        self.backend, self.settings, self.log, self.metrics = backend, settings, log, metrics
+        self.clock = clock
+        self.lease: Lease | None = None
+        self.peers: list[Lease] = []
+        self.peer_states: list[PeerState] = []
+        self.ready = False
+        self.heartbeat = clock()
+        self.passes = 0
+        self.outage_since: float | None = None
+        self.backoff = 0.5
+
+    # -- lease -------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        previous = subnetfile.previous_subnet(self.settings.subnet_file)
+        if self.lease is not None:
+            previous = self.lease.subnet
+        self.lease = self.manager.acquire(self.backend.lease_attrs(), previous)
+        self.metrics.lease_acquisitions.inc()
+        self.log.info("lease.acquired", subnet=self.lease.subnet, public_ip=self.node.public_ip,
+                      backend=self.backend.name, expires=round(self.lease.expiration))
+        self.backend.setup(self.lease)
+        self._publish_lease()
+
+    def _publish_lease(self) -> None:
+        lease = self.lease
+        content = subnetfile.SubnetFile(self.net.network, lease.subnet, self.backend.mtu(),
+                                        self.settings.ip_masq)
+        if subnetfile.write(self.settings.subnet_file, content):
+            self.log.info("subnet_file.written", path=self.settings.subnet_file,
+                          subnet=lease.subnet, mtu=self.backend.mtu())
+        self.metrics.lease.clear()
+        self.metrics.lease.labels(str(lease.subnet), self.node.public_ip, self.backend.name).set(1)
+        self.metrics.lease_expiry.set(lease.expiration)
+
+    def _track_own_lease(self, leases: list[Lease]) -> None:
+        """Notice a lease deleted or taken over under us, and take one back."""
+        mine = next((x for x in leases if x.subnet == self.lease.subnet), None)
+        if mine is None or mine.attrs.public_ip != self.node.public_ip:
+            self.log.warn("lease.lost", subnet=self.lease.subnet,
+                          holder=mine.attrs.public_ip if mine else None)
+            self.acquire()
+            return
+        self.lease = mine
+        if self.manager.needs_renewal(mine):
+            try:
+                self.lease = self.manager.renew(mine)
+            except LeaseLost:
+                self.log.warn("lease.renewal_refused", subnet=mine.subnet)
+                self.acquire()
+                return
+            self.metrics.lease_renewals.inc()
+            self.log.info("lease.renewed", subnet=self.lease.subnet,
+                          expires=round(self.lease.expiration))
+            self._publish_lease()
+
+    # -- datapath ----------------------------------------------------------------------
+
+    def reconcile(self) -> Report:
+        started = time.perf_counter()
+        report = self.backend.reconcile(self.lease, self.peers)
+        report.corrections += masq.apply(self.net.network, self.lease.subnet,
+                                         self.settings.ip_masq)
+        self.metrics.duration.observe(time.perf_counter() - started)
+        self.metrics.passes.inc()
+        if self.passes and report.corrections:
+            self.metrics.corrections.inc(report.corrections)
+            self.log.info("reconcile.corrected", changes=report.corrections)
+        self._log_peer_changes(report.peers)
+        self.peer_states = report.peers
+        self.metrics.set_peers(Counter((p.backend, p.mode, p.state) for p in report.peers))
+        self.passes += 1
+        return report
+
+    def _log_peer_changes(self, states: list[PeerState]) -> None:
+        before = {p.subnet: p for p in self.peer_states}
+        after = {p.subnet: p for p in states}
+        for subnet, peer in after.items():
+            old = before.get(subnet)
+            if old is None or (old.mode, old.state, old.public_ip) != (
+                    peer.mode, peer.state, peer.public_ip):
+                level = self.log.warn if peer.state == "skipped" else self.log.info
+                level("peer.programmed" if peer.state == "programmed" else "peer.skipped",
+                      subnet=subnet, public_ip=peer.public_ip, mode=peer.mode,
+                      reason=peer.reason or None)
+        for subnet, peer in before.items():
+            if subnet not in after:
+                self.log.info("peer.removed", subnet=subnet, public_ip=peer.public_ip)
+
+    # -- loop --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.acquire()
+        leases, _ = self.store.list_leases()
+        self.peers = [x for x in leases if x.subnet != self.lease.subnet]
+        self.reconcile()
+        self.ready = True
+        self.metrics.ready.set(1)
+        self.log.info("agent.ready", subnet=self.lease.subnet, peers=len(self.peers))
+
+    def _refresh(self) -> int:
+        leases, revision = self.store.list_leases()
+        self._track_own_lease(leases)
+        self.peers = [x for x in leases if x.subnet != self.lease.subnet]
+        if self.outage_since is not None:
+            self.log.info("store.recovered",
+                          outage_seconds=round(self.clock() - self.outage_since, 1))
+            self.outage_since, self.backoff = None, 0.5
+        return revision
+
+    def _store_failed(self, exc: Exception) -> float:
+        self.metrics.store_errors.inc()
+        if self.outage_since is None:
+            self.outage_since = self.clock()
+        self.log.warn("store.unavailable", error=str(exc), retry_in=self.backoff)
+        delay, self.backoff = self.backoff, min(self.backoff * 2, MAX_BACKOFF)
+        return delay
+
+    def step(self, revision: int) -> tuple[int, float]:
+        """One pass; returns the revision seen and how long the store may keep us waiting."""
+        delay = self.settings.reconcile_interval
+        try:
+            revision = self._refresh()
+        except StoreUnavailable as exc:
+            delay = min(self._store_failed(exc), delay)
+        except LeaseError as exc:  # no subnet to be had right now: keep the datapath, retry
+            self.log.error("lease.unavailable", error=str(exc), retry_in=delay)
+        try:
+            self.reconcile()
+        except Exception as exc:  # one bad pass must not stop the agent; report and retry
+            self.log.error("reconcile.failed", error=f"{type(exc).__name__}: {exc}")
+        self.heartbeat = self.clock()
+        return revision, delay
+
+    def run(self, stop: threading.Event) -> None:
+        revision = 0
+        while not stop.is_set():
+            revision, delay = self.step(revision)
+            deadline = self.clock() + delay
+            while not stop.is_set() and self.clock() < deadline:
+                if self.outage_since is not None:
+                    stop.wait(deadline - self.clock())
+                    break
+                try:
+                    changed = self.store.wait(revision, min(1.0, deadline - self.clock()))
+                except StoreUnavailable:
+                    break
+                self.heartbeat = self.clock()
+                if changed != revision:
+                    break
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return self.clock() - self.heartbeat < 3 * self.settings.reconcile_interval + 5
+
+    def status(self) -> dict:
+        lease = self.lease
+        return {
+            "node": {
+                "publicIP": self.node.public_ip,
+                "iface": self.node.iface,
+                "subnet": str(lease.subnet) if lease else None,
+                "backend": self.backend.name,
+                "directRouting": self.net.backend.direct_routing,
+                "leaseExpires": lease.expiration if lease else None,
+                "ready": self.ready,
+                "storeReachable": self.outage_since is None,
+            },
+            "peers": [p.to_json() for p in self.peer_states],
+        }

@@ -1,0 +1,55 @@
+"""host-gw: a route per peer subnet via the peer's public IP (peers on this L2 segment only)."""
+
+from __future__ import annotations
+
+from pyroute2 import IPRoute
+
+from tartan.backends import routes
+from tartan.backends.registry import NodeInfo, PeerState, Report, register
+from tartan.ipam.lease import Lease, LeaseAttrs
+from tartan.ipam.netconf import BackendConfig, NetworkConfig
+
+
+def not_on_segment(peer: Lease, node: NodeInfo) -> str:
+    nets = ", ".join(str(n) for n in node.segments) or "none"
+    return (f"peer {peer.attrs.public_ip} is not on this node's L2 segment ({nets} on "
+            f"{node.iface}): host-gw needs every node on one segment; use vxlan, or vxlan "
+            "with DirectRouting")
+
+
+def peer_route(peer: Lease, node: NodeInfo) -> tuple[routes.RouteSpec | None, PeerState]:
+    """The host-gw route to a peer, or why there can't be one."""
+    subnet, ip = str(peer.subnet), peer.attrs.public_ip
+    if not node.on_segment(ip):
+        return None, PeerState(subnet, ip, peer.attrs.backend_type, "skipped", "skipped",
+                               not_on_segment(peer, node))
+    spec = routes.host_gw_route(subnet, ip, node.iface_index)
+    return spec, PeerState(subnet, ip, peer.attrs.backend_type, "host-gw", "programmed")
+
+
+@register("host-gw")
+class HostGw:
+    name = "host-gw"
+
+    def __init__(self, conf: BackendConfig, net: NetworkConfig, node: NodeInfo) -> None:
+        self.conf, self.node = conf, node
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(public_ip=self.node.public_ip, backend_type="host-gw", backend_data={})
+
+    def mtu(self) -> int:
+        return self.conf.mtu or self.node.iface_mtu
+
+    def setup(self, own: Lease) -> None:
+        return None
+
+    def reconcile(self, own: Lease, peers: list[Lease]) -> Report:
+        report, desired = Report(), []
+        for peer in peers:
+            spec, state = peer_route(peer, self.node)
+            report.peers.append(state)
+            if spec:
+                desired.append(spec)
+        with IPRoute() as ipr:
+            report.corrections = routes.sync(ipr, desired)
+        return report

@@ -1,0 +1,38 @@
+"""Find this node's external interface and public IP (flannel's --iface / --public-ip)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from pyroute2 import IPRoute
+
+from tartan.backends.registry import NodeInfo
+from tartan.cni.ip import addr, link
+
+
+class NodeError(ValueError):
+    pass
+
+
+def _default_route_iface(ipr: IPRoute) -> int:
+    for msg in ipr.get_routes(family=socket.AF_INET, table=254):
+        if msg["dst_len"] == 0 and msg.get("RTA_OIF"):
+            return msg.get("RTA_OIF")
+    raise NodeError("no default route to pick the external interface from: pass --iface")
+
+
+def discover(iface: str | None, public_ip: str | None) -> NodeInfo:
+    with IPRoute() as ipr:
+        found = link.get(ipr, iface) if iface else link.by_index(ipr, _default_route_iface(ipr))
+        if found is None:
+            raise NodeError(f"--iface {iface}: no such interface")
+        addresses = addr.list_(ipr, found.index, 4)
+    if not addresses:
+        raise NodeError(f"interface {found.name} has no IPv4 address")
+    if public_ip is None:
+        public_ip = str(addresses[0].ip)
+    else:
+        ipaddress.ip_address(public_ip)
+    return NodeInfo(iface=found.name, iface_index=found.index, iface_mtu=found.mtu,
+                    public_ip=public_ip, segments=tuple(a.network for a in addresses))

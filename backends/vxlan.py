@@ -1,0 +1,161 @@
+"""vxlan (and vxlan with DirectRouting): one VXLAN device, and per peer a route, a permanent
+neighbour entry and an FDB entry, all programmed up front.
+
+Nothing relies on L2/L3-miss notifications, so pods keep talking while the agent is down.
+With DirectRouting, peers on this node's L2 segment get a host-gw route instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from tartan.backends import routes
+from tartan.backends.hostgw import peer_route
+from tartan.backends.registry import NodeInfo, PeerState, Report, register
+from tartan.cni.ip import addr, link, neigh
+from tartan.cni.ip.link import Link
+from tartan.cni.ip.neigh import FdbEntry, Neighbour
+from tartan.cni.ip.route import RouteSpec
+from tartan.ipam.lease import Lease, LeaseAttrs
+from tartan.ipam.netconf import BackendConfig, NetworkConfig
+
+OVERHEAD = 50  # outer IPv4 + UDP + VXLAN headers
+
+
+def device_name(vni: int) -> str:
+    return f"tartan.{vni}"
+
+
+def vtep_mac(public_ip: str, vni: int, machine_id: Path = Path("/etc/machine-id")) -> str:
+    """Stable across agent and node restarts: derived, never random (peers keep working)."""
+    try:
+        seed = machine_id.read_text().strip()
+    except OSError:
+        seed = ""
+    digest = bytearray(hashlib.sha256(f"{seed}/{public_ip}/{vni}".encode()).digest()[:6])
+    digest[0] = (digest[0] & 0xFE) | 0x02  # unicast, locally administered
+    return ":".join(f"{b:02x}" for b in digest)
+
+
+class Peers:
+    """What the kernel should hold for a set of peers."""
+
+    def __init__(self) -> None:
+        self.routes: list[RouteSpec] = []
+        self.neighbours: list[Neighbour] = []
+        self.fdb: list[FdbEntry] = []
+        self.states: list[PeerState] = []
+
+
+def _vxlan_peer(peer: Lease, device: int, wanted: Peers) -> None:
+    subnet, ip, kind = str(peer.subnet), peer.attrs.public_ip, peer.attrs.backend_type
+    mac = str(peer.attrs.backend_data.get("VtepMAC") or "").lower()
+    if kind != "vxlan" or not mac:
+        reason = f"peer {ip} uses backend {kind!r} without a VTEP MAC: mixed backends"
+        wanted.states.append(PeerState(subnet, ip, kind, "skipped", "skipped", reason))
+        return
+    gateway = str(peer.subnet.network_address)
+    wanted.routes.append(RouteSpec(dst=subnet, gw=gateway, oif=device, onlink=True,
+                                   proto=routes.PROTO_TARTAN))
+    wanted.neighbours.append(Neighbour(gateway, mac))
+    wanted.fdb.append(FdbEntry(mac, ip))
+    wanted.states.append(PeerState(subnet, ip, kind, "vxlan", "programmed"))
+
+
+def _sync_entries(live: list, wanted: list, put, remove) -> int:
+    changes = 0
+    for entry in wanted:
+        if entry not in live:
+            put(entry)
+            changes += 1
+    for entry in live:
+        if entry not in wanted:
+            remove(entry)
+            changes += 1
+    return changes
+
+
+@register("vxlan")
+class Vxlan:
+    name = "vxlan"
+
+    def __init__(self, conf: BackendConfig, net: NetworkConfig, node: NodeInfo) -> None:
+        self.conf, self.node = conf, node
+        self.device = device_name(conf.vni)
+        self.mac = vtep_mac(node.public_ip, conf.vni)
+
+    def lease_attrs(self) -> LeaseAttrs:
+        return LeaseAttrs(public_ip=self.node.public_ip, backend_type="vxlan",
+                          backend_data={"VNI": self.conf.vni, "VtepMAC": self.mac})
+
+    def mtu(self) -> int:
+        return self.conf.mtu or self.node.iface_mtu - OVERHEAD
+
+    def setup(self, own: Lease) -> None:
+        with IPRoute() as ipr:
+            self._ensure(ipr, own)
+
+    def _matches(self, ipr: IPRoute, dev: Link) -> bool:
+        info = link.vxlan_info(ipr, dev.index) if dev.kind == "vxlan" else {}
+        return info == {"vni": self.conf.vni, "local": self.node.public_ip,
+                        "link": self.node.iface_index, "port": self.conf.port, "learning": 0}
+
+    def _ensure_device(self, ipr: IPRoute) -> tuple[Link, int]:
+        dev = link.get(ipr, self.device)
+        if dev is not None and self._matches(ipr, dev) and dev.mac.lower() == self.mac:
+            changes = 0
+        else:
+            if dev is not None:
+                link.delete(ipr, self.device)
+            link.add_vxlan(ipr, self.device, self.conf.vni, self.node.public_ip,
+                           self.node.iface_index, self.conf.port, self.mac, self.mtu())
+            dev, changes = link.require(ipr, self.device), 1
+        if dev.mtu != self.mtu():
+            link.set_mtu(ipr, dev.index, self.mtu())
+            changes += 1
+        if not dev.up:
+            link.set_up(ipr, dev.index)
+            changes += 1
+        return link.require(ipr, self.device), changes
+
+    def _ensure(self, ipr: IPRoute, own: Lease) -> tuple[Link, int]:
+        dev, changes = self._ensure_device(ipr)
+        wanted = ipaddress.ip_interface(f"{own.subnet.network_address}/32")
+        have = addr.list_(ipr, dev.index, 4)
+        for stale in (a for a in have if a != wanted):
+            addr.delete(ipr, dev.index, stale)
+            changes += 1
+        if wanted not in have:
+            addr.add(ipr, dev.index, wanted)
+            changes += 1
+        return dev, changes
+
+    def _wanted(self, peers: list[Lease], device: int) -> Peers:
+        wanted = Peers()
+        for peer in peers:
+            if self.conf.direct_routing and self.node.on_segment(peer.attrs.public_ip):
+                spec, state = peer_route(peer, self.node)
+                wanted.routes.append(spec)
+                wanted.states.append(state)
+            else:
+                _vxlan_peer(peer, device, wanted)
+        return wanted
+
+    def reconcile(self, own: Lease, peers: list[Lease]) -> Report:
+        with IPRoute() as ipr:
+            dev, changes = self._ensure(ipr, own)
+            wanted = self._wanted(peers, dev.index)
+            changes += _sync_entries(
+                neigh.permanent_neighbours(ipr, dev.index), wanted.neighbours,
+                lambda e: neigh.replace_neighbour(ipr, dev.index, e),
+                lambda e: neigh.delete_neighbour(ipr, dev.index, e))
+            changes += _sync_entries(
+                neigh.remote_fdb(ipr, dev.index), wanted.fdb,
+                lambda e: neigh.replace_fdb(ipr, dev.index, e),
+                lambda e: neigh.delete_fdb(ipr, dev.index, e))
+            changes += routes.sync(ipr, wanted.routes)
+        return Report(peers=wanted.states, corrections=changes)

@@ -1,0 +1,90 @@
+"""A LeaseStore in memory: real semantics (CAS, expiry, wait) for one process's threads."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from ipaddress import IPv4Network
+
+from tartan.ipam.lease import Clock, Lease, LeaseAttrs, poll_wait, renewed_expiration
+
+
+class MemoryLeaseStore:
+    """Leases in a dict. "Another client" of it is the same object used from another thread."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._leases: dict[IPv4Network, Lease] = {}
+        self._config: dict | None = None
+        self._revision = 1
+
+    def get_config(self) -> dict | None:
+        with self._cond:
+            return copy.deepcopy(self._config)
+
+    def put_config(self, config: dict) -> None:
+        with self._cond:
+            self._config = copy.deepcopy(config)
+            self._bump()
+
+    def list_leases(self) -> tuple[list[Lease], int]:
+        with self._cond:
+            now = self.clock()
+            live = [lease for lease in self._leases.values() if lease.expiration > now]
+            return sorted(live, key=lambda lease: lease.subnet), self._revision
+
+    def create(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: float) -> Lease | None:
+        with self._cond:
+            if self._live(subnet) is not None:
+                return None
+            return self._put(Lease(subnet, attrs, self.clock() + ttl, 0))
+
+    def update(self, lease: Lease, attrs: LeaseAttrs, ttl: float) -> Lease | None:
+        with self._cond:
+            current = self._live(lease.subnet)
+            if current is None or current.version != lease.version:
+                return None
+            expiration = renewed_expiration(lease, ttl, self.clock())
+            return self._put(Lease(lease.subnet, attrs, expiration, 0))
+
+    def delete(self, subnet: IPv4Network) -> None:
+        with self._cond:
+            if self._leases.pop(subnet, None) is not None:
+                self._bump()
+
+    def wait(self, revision: int, timeout: float) -> int:
+        return poll_wait(revision, timeout, self._expire, self._sleep)
+
+    def close(self) -> None:
+        pass
+
+    def _live(self, subnet: IPv4Network) -> Lease | None:
+        lease = self._leases.get(subnet)
+        return lease if lease is not None and lease.expiration > self.clock() else None
+
+    def _put(self, lease: Lease) -> Lease:
+        stored = Lease(lease.subnet, lease.attrs, lease.expiration, self._bump())
+        self._leases[lease.subnet] = stored
+        return stored
+
+    def _bump(self) -> int:
+        self._revision += 1
+        self._cond.notify_all()
+        return self._revision
+
+    def _expire(self) -> int:
+        """Drop expired leases as a write, as etcd deletes the keys of an expired lease."""
+        with self._cond:
+            now = self.clock()
+            expired = [s for s, lease in self._leases.items() if lease.expiration <= now]
+            for subnet in expired:
+                del self._leases[subnet]
+            if expired:
+                self._bump()
+            return self._revision
+
+    def _sleep(self, seconds: float) -> None:
+        with self._cond:
+            self._cond.wait(seconds)

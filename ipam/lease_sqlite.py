@@ -1,0 +1,224 @@
+"""A LeaseStore in one SQLite file that every agent on a machine shares.
+
+The lab runs several agents (in their own network and mount namespaces) against one file,
+so all writes are `BEGIN IMMEDIATE` transactions (one writer at a time across processes,
+others wait up to the busy timeout) and compare-and-set goes through a version column.
+Every write bumps one revision counter; `wait` polls it, and expires due leases itself
+(as a write), so waiters wake on expiry just as etcd's delete events wake watchers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tartan.ipam.lease import (
+    Clock,
+    Lease,
+    LeaseAttrs,
+    StoreUnavailable,
+    poll_wait,
+    renewed_expiration,
+)
+from tartan.ipam.netconf import WHOLE, decode_json
+
+DEFAULT_PATH = "/var/lib/tartan/leases.db"
+DEFAULT_BUSY_TIMEOUT = 5.0
+SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS tartan_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL,
+    config TEXT
+);
+INSERT OR IGNORE INTO tartan_state (id, revision, config) VALUES (1, 1, NULL);
+CREATE TABLE IF NOT EXISTS tartan_leases (
+    subnet TEXT PRIMARY KEY,
+    attrs TEXT NOT NULL,
+    expiration REAL NOT NULL,
+    version INTEGER NOT NULL
+);
+COMMIT;
+"""
+T = TypeVar("T")
+
+
+def _translated(method: Callable[..., T]) -> Callable[..., T]:
+    """sqlite3 and OS errors become StoreUnavailable, here and nowhere else."""
+
+    @functools.wraps(method)
+    def wrapper(self: SqliteLeaseStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(self.explain(exc)) from None
+
+    return wrapper
+
+
+class SqliteLeaseStore:
+    """Leases in `path`; `clock` decides expiry (tests pass a fake one)."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_PATH, clock: Clock = time.time,
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.busy_timeout = busy_timeout
+        self._lock = threading.Lock()  # one connection, shared by the caller's threads
+        self._conn = self._connect()
+
+    def explain(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        if "locked" in text or "busy" in text:
+            return (f"lease store {self.path} stayed locked by another process for longer "
+                    f"than {self.busy_timeout:g} s; retry, or find the stuck writer")
+        return f"lease store {self.path} cannot be used: {text}"
+
+    @_translated
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            conn.executescript(SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- the LeaseStore protocol ------------------------------------------------------
+
+    @_translated
+    def get_config(self) -> dict | None:
+        with self._lock:
+            (text,) = self._conn.execute("SELECT config FROM tartan_state").fetchone()
+        return None if text is None else decode_json(text, f"{WHOLE} in {self.path}")
+
+    @_translated
+    def put_config(self, config: dict) -> None:
+        with self._write() as db:
+            db.execute("UPDATE tartan_state SET config = ?", (json.dumps(config),))
+            _bump(db)
+
+    @_translated
+    def list_leases(self) -> tuple[list[Lease], int]:
+        with self._read() as db:
+            (revision,) = db.execute("SELECT revision FROM tartan_state").fetchone()
+            rows = db.execute("SELECT subnet, attrs, expiration, version FROM tartan_leases "
+                              "WHERE expiration > ?", (self.clock(),)).fetchall()
+        leases = [lease for lease in map(_lease, rows) if lease is not None]
+        return sorted(leases, key=lambda lease: lease.subnet), revision
+
+    @_translated
+    def create(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: float) -> Lease | None:
+        now = self.clock()
+        with self._write() as db:
+            db.execute("DELETE FROM tartan_leases WHERE subnet = ? AND expiration <= ?",
+                       (str(subnet), now))
+            version = _bump(db)
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO tartan_leases VALUES (?, ?, ?, ?)",
+                (str(subnet), attrs.to_json(), now + ttl, version)).rowcount
+            if not inserted:
+                db.execute("ROLLBACK")  # nothing changed: keep the revision as it was
+                return None
+        return Lease(subnet, attrs, now + ttl, version)
+
+    @_translated
+    def update(self, lease: Lease, attrs: LeaseAttrs, ttl: float) -> Lease | None:
+        now = self.clock()
+        expiration = renewed_expiration(lease, ttl, now)
+        with self._write() as db:
+            version = _bump(db)
+            changed = db.execute(
+                "UPDATE tartan_leases SET attrs = ?, expiration = ?, version = ? "
+                "WHERE subnet = ? AND version = ? AND expiration > ?",
+                (attrs.to_json(), expiration, version, str(lease.subnet), lease.version, now),
+            ).rowcount
+            if not changed:
+                db.execute("ROLLBACK")
+                return None
+        return Lease(lease.subnet, attrs, expiration, version)
+
+    @_translated
+    def delete(self, subnet: IPv4Network) -> None:
+        with self._write() as db:
+            if db.execute("DELETE FROM tartan_leases WHERE subnet = ?", (str(subnet),)).rowcount:
+                _bump(db)
+
+    def wait(self, revision: int, timeout: float) -> int:
+        return poll_wait(revision, timeout, self._expire)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One snapshot for several SELECTs."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: the write lock is taken up front (or waited for), so
+        a read-then-write never fails half-way on a lock upgrade. The body may end it
+        with ROLLBACK itself."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            if self._conn.in_transaction:
+                self._conn.execute("COMMIT")
+
+    @_translated
+    def _expire(self) -> int:
+        """The current revision, after deleting due leases (a cheap read when none are)."""
+        now = self.clock()
+        with self._lock:
+            revision, due = self._conn.execute(
+                "SELECT revision, EXISTS (SELECT 1 FROM tartan_leases WHERE expiration <= ?) "
+                "FROM tartan_state", (now,)).fetchone()
+        if not due:
+            return revision
+        with self._write() as db:
+            if db.execute("DELETE FROM tartan_leases WHERE expiration <= ?", (now,)).rowcount:
+                _bump(db)
+            (revision,) = db.execute("SELECT revision FROM tartan_state").fetchone()
+        return revision
+
+
+def _bump(db: sqlite3.Connection) -> int:
+    (revision,) = db.execute(
+        "UPDATE tartan_state SET revision = revision + 1 RETURNING revision").fetchone()
+    return revision
+
+
+def _lease(row: tuple[str, str, float, int]) -> Lease | None:
+    subnet, attrs, expiration, version = row
+    try:
+        return Lease(IPv4Network(subnet), LeaseAttrs.from_json(attrs), expiration, version)
+    except ValueError:
+        return None  # not written by Tartan; skipped, as flannel skips bad subnet keys
+

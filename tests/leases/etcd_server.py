@@ -1,0 +1,92 @@
+"""A real etcd for tests: its own data dir and free ports on 127.0.0.1, always removed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ETCD = Path("/usr/bin/etcd")
+START_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    """A port nobody listens on now (the kernel's pick; never etcd's 2379/2380)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EtcdServer:
+    """One etcd member. `start()` returns once it reports healthy; `stop()` kills it and
+    removes its data; both are safe to call again."""
+
+    def __init__(self) -> None:
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.dir = Path(tempfile.mkdtemp(prefix="tartan-etcd-"))
+        self.proc: subprocess.Popen | None = None
+
+    def argv(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        return [
+            str(ETCD), "--name", "tartan-test", "--data-dir", str(self.dir / "data"),
+            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"tartan-test={peer}", "--initial-cluster-state", "new",
+            "--logger", "zap", "--log-outputs", str(self.dir / "etcd.log"),
+        ]
+
+    def start(self) -> EtcdServer:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # no ETCD_* settings leak in
+        self.proc = subprocess.Popen(self.argv(), env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"etcd not healthy after {START_TIMEOUT} s: {self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as reply:
+                return json.load(reply).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def kill(self) -> None:
+        """Stop the process, keep the data."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join((self.dir / "etcd.log").read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

@@ -1,0 +1,138 @@
+"""The LeaseStore contract: every store (memory, SQLite, etcd) behaves the same."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+from lease_kit import StoreKit, attrs, net, wait_until
+
+from tartan.ipam.lease import Lease
+
+SUBNET = net("10.244.7.0/24")
+TTL = 60.0
+
+
+def test_config_round_trip(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    assert store.get_config() is None
+    store.put_config({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
+    assert other.get_config() == {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
+    other.put_config({"Network": "10.5.0.0/16"})
+    assert store.get_config() == {"Network": "10.5.0.0/16"}
+
+
+def test_create_then_list(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    before = kit.clock()
+    lease = store.create(SUBNET, attrs(), TTL)
+    assert lease is not None
+    assert (lease.subnet, lease.attrs) == (SUBNET, attrs())
+    assert before + TTL - 1 <= lease.expiration <= kit.clock() + TTL + 1
+    leases, revision = other.list_leases()
+    assert leases == [Lease(SUBNET, attrs(), pytest.approx(lease.expiration, abs=1.5),
+                            lease.version)]
+    assert isinstance(revision, int)
+
+
+def test_list_is_sorted_by_subnet(kit: StoreKit):
+    store = kit.open()
+    for text in ("10.244.9.0/24", "10.244.1.0/24", "10.244.10.0/24"):
+        assert store.create(net(text), attrs(), TTL)
+    subnets = [lease.subnet for lease in store.list_leases()[0]]
+    assert subnets == [net("10.244.1.0/24"), net("10.244.9.0/24"), net("10.244.10.0/24")]
+
+
+def test_create_is_refused_when_taken(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    first = store.create(SUBNET, attrs("192.168.50.1"), TTL)
+    assert first is not None
+    assert other.create(SUBNET, attrs("192.168.50.2"), TTL) is None
+    assert [lease.attrs.public_ip for lease in other.list_leases()[0]] == ["192.168.50.1"]
+
+
+def test_update_is_compare_and_set(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    lease = store.create(SUBNET, attrs(mac="aa:aa:aa:aa:aa:01"), kit.min_ttl * 5)
+    kit.advance(1)
+    renewed = store.update(lease, attrs(mac="aa:aa:aa:aa:aa:02"), TTL)
+    assert renewed is not None and renewed.version != lease.version
+    assert renewed.expiration > lease.expiration
+    assert renewed.attrs.backend_data["VtepMAC"] == "aa:aa:aa:aa:aa:02"
+    assert other.update(lease, attrs(mac="ee:ee:ee:ee:ee:ee"), TTL) is None  # stale version
+    (listed,), _ = other.list_leases()
+    assert (listed.version, listed.attrs) == (renewed.version, renewed.attrs)
+    assert other.update(listed, listed.attrs, TTL) is not None
+
+
+def test_update_of_a_deleted_or_recreated_lease_fails(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    lease = store.create(SUBNET, attrs("192.168.50.1"), TTL)
+    other.delete(SUBNET)
+    assert store.update(lease, attrs("192.168.50.1"), TTL) is None
+    stolen = other.create(SUBNET, attrs("192.168.50.2"), TTL)
+    assert stolen is not None and stolen.version != lease.version  # no ABA
+    assert store.update(lease, attrs("192.168.50.1"), TTL) is None
+    assert [x.attrs.public_ip for x in store.list_leases()[0]] == ["192.168.50.2"]
+
+
+def test_delete(kit: StoreKit):
+    store = kit.open()
+    store.create(SUBNET, attrs(), TTL)
+    store.delete(SUBNET)
+    assert store.list_leases()[0] == []
+    store.delete(SUBNET)  # already gone: fine
+    assert store.create(SUBNET, attrs(), TTL) is not None
+
+
+def test_expired_lease_is_absent_and_wakes_waiters(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    lease = store.create(SUBNET, attrs("192.168.50.1"), kit.min_ttl)
+    assert len(other.list_leases()[0]) == 1
+    threading.Timer(0.2, kit.advance, (kit.min_ttl + 0.5,)).start()
+    assert wait_until(other, lambda: other.list_leases()[0] == [], timeout=10)
+    assert store.update(lease, attrs("192.168.50.1"), TTL) is None
+    assert other.create(SUBNET, attrs("192.168.50.2"), TTL) is not None
+
+
+def test_wait_wakes_on_a_write_from_another_client(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    _, revision = store.list_leases()
+    timer = threading.Timer(0.3, other.create, (SUBNET, attrs(), TTL))
+    timer.start()
+    started = time.monotonic()
+    woke = store.wait(revision, 10)
+    timer.join()
+    assert time.monotonic() - started < 5
+    assert woke != revision
+    assert [lease.subnet for lease in store.list_leases()[0]] == [SUBNET]
+
+
+def test_wait_returns_at_once_when_already_changed(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    _, revision = store.list_leases()
+    other.create(SUBNET, attrs(), TTL)
+    started = time.monotonic()
+    assert store.wait(revision, 10) != revision
+    assert time.monotonic() - started < 1
+
+
+def test_wait_times_out(kit: StoreKit):
+    store = kit.open()
+    store.create(SUBNET, attrs(), TTL)
+    _, revision = store.list_leases()
+    started = time.monotonic()
+    assert store.wait(revision, 0.3) == revision
+    assert 0.25 <= time.monotonic() - started < 2
+
+
+def test_renewal_keeps_the_subnet_through_its_first_ttl(kit: StoreKit):
+    store = kit.open()
+    lease = store.create(SUBNET, attrs(), kit.min_ttl * 2)
+    kit.advance(kit.min_ttl)
+    renewed = store.update(lease, attrs(), kit.min_ttl * 2)
+    kit.advance(kit.min_ttl * 1.5)  # past the first expiry, inside the renewed one
+    assert [x.version for x in store.list_leases()[0]] == [renewed.version]
+    assert not math.isinf(renewed.expiration)

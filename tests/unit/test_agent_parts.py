@@ -1,0 +1,88 @@
+"""tartand's pure parts: subnet file, log lines, masquerade tables, peer decisions."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+
+from tartan.backends import log, masq, subnetfile
+from tartan.backends.hostgw import peer_route
+from tartan.backends.registry import NodeInfo
+from tartan.backends.vxlan import vtep_mac
+from tartan.cni.ip.iptables import Iptables
+from tartan.cni.ip.iptables_backend import FakeIptables
+from tartan.ipam.lease import Lease, LeaseAttrs
+
+NET = ipaddress.ip_network("10.244.0.0/16")
+OWN = ipaddress.ip_network("10.244.3.0/24")
+NODE = NodeInfo("eth0", 2, 1500, "198.18.1.2", (ipaddress.ip_network("198.18.1.0/24"),))
+
+
+def lease(subnet: str, ip: str, kind: str = "vxlan", mac: str = "02:00:00:00:00:09") -> Lease:
+    data = {"VNI": 1, "VtepMAC": mac} if kind == "vxlan" else {}
+    return Lease(ipaddress.ip_network(subnet), LeaseAttrs(ip, kind, data), 0.0, 1)
+
+
+def test_subnet_file_is_flannels_and_round_trips(tmp_path):
+    path = tmp_path / "run" / "subnet.env"
+    content = subnetfile.SubnetFile(NET, OWN, 1450, True)
+    assert subnetfile.write(path, content)
+    assert path.read_text() == ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n"
+                                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    assert not subnetfile.write(path, content)
+    assert subnetfile.previous_subnet(path) == OWN
+    assert list(path.parent.iterdir()) == [path]
+
+
+def test_previous_subnet_tolerates_missing_or_broken_files(tmp_path):
+    assert subnetfile.previous_subnet(tmp_path / "nope") is None
+    (tmp_path / "bad").write_text("FLANNEL_SUBNET=garbage\n")
+    assert subnetfile.previous_subnet(tmp_path / "bad") is None
+
+
+def test_log_line_is_logfmt_and_quotes_what_needs_it():
+    out = io.StringIO()
+    log.Log(out).warn("peer.skipped", subnet=OWN, reason='not on "segment"', skip=None)
+    text = out.getvalue()
+    assert " level=warn event=peer.skipped subnet=10.244.3.0/24 " in text
+    assert 'reason="not on \\"segment\\""' in text and "skip=" not in text
+    assert text.count("\n") == 1
+
+
+def test_masquerade_rules_leave_pod_to_pod_alone_and_are_idempotent():
+    fake = FakeIptables()
+    ipt = Iptables(4, backend="nft", runner=fake)
+    assert masq.apply(NET, OWN, True, ipt) == 2
+    nat = fake.chains(4, "nat")[masq.POSTROUTING_CHAIN]
+    assert nat[0][:4] == ("-s", "10.244.3.0/24", "-d", "10.244.0.0/16")
+    assert any("MASQUERADE" in rule for rule in nat)
+    assert fake.chains(4, "filter")["FORWARD"][0][-1] == masq.FORWARD_CHAIN
+    restores = len(fake.restores)
+    assert masq.apply(NET, OWN, True, ipt) == 0
+    assert len(fake.restores) == restores
+
+
+def test_turning_masquerade_off_removes_the_chain():
+    fake = FakeIptables()
+    ipt = Iptables(4, backend="nft", runner=fake)
+    masq.apply(NET, OWN, True, ipt)
+    masq.apply(NET, OWN, False, ipt)
+    assert masq.POSTROUTING_CHAIN not in fake.chains(4, "nat")
+    assert masq.FORWARD_CHAIN in fake.chains(4, "filter")
+
+
+def test_host_gw_routes_peers_on_the_segment_and_explains_the_others():
+    spec, state = peer_route(lease("10.244.4.0/24", "198.18.1.3", "host-gw"), NODE)
+    assert spec.gw == "198.18.1.3" and state.mode == "host-gw"
+    spec, state = peer_route(lease("10.244.5.0/24", "198.18.2.3", "host-gw"), NODE)
+    assert spec is None and state.state == "skipped"
+    assert "198.18.2.3" in state.reason and "198.18.1.0/24" in state.reason
+
+
+def test_vtep_mac_is_stable_unicast_and_local(tmp_path):
+    machine = tmp_path / "machine-id"
+    machine.write_text("abc\n")
+    first = vtep_mac("198.18.1.2", 1, machine)
+    assert first == vtep_mac("198.18.1.2", 1, machine)
+    assert first != vtep_mac("198.18.1.3", 1, machine)
+    assert int(first.split(":")[0], 16) & 0x03 == 0x02
