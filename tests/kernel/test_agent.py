@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from etcd_server import EtcdServer
 
 from harness import Netns, plugin_dir
 
@@ -63,6 +64,11 @@ class Cluster:
             self.router.run("ip", "addr", "add", f"198.18.{seg}.1/24", "dev", f"seg{seg}")
             self.router.run("ip", "link", "set", f"seg{seg}", "up")
         self.db = tmp / "leases.db"
+        self.etcd: EtcdServer | None = None
+
+    def start_etcd(self) -> EtcdServer:
+        self.etcd = EtcdServer(netns=self.router.name, host="198.18.1.1").start()
+        return self.etcd
 
     def add_node(self, segment: int = 1) -> Node:
         ns = self.factory("tn")
@@ -82,7 +88,9 @@ class Cluster:
     def start(self, node: Node, net_conf: dict | None = None, *extra: str) -> None:
         conf = self.tmp / "net-conf.json"
         conf.write_text(json.dumps(net_conf or {"Network": NETWORK}))
-        argv = [str(plugin_dir() / "tartand"), "--store", f"sqlite:{self.db}", "--net-config",
+        store = (["--store", "etcd", "--etcd-endpoints", self.etcd.url] if self.etcd
+                 else ["--store", f"sqlite:{self.db}"])
+        argv = [str(plugin_dir() / "tartand"), *store, "--net-config",
                 str(conf), "--iface", "eth0", "--subnet-file", str(node.subnet_file),
                 "--ip-masq", "--reconcile-interval", "1", *extra]
         with open(node.log, "ab") as log:
@@ -128,6 +136,8 @@ def cluster(netns_factory, tmp_path):
             if node.proc and node.proc.poll() is None:
                 node.proc.kill()
                 node.proc.wait()
+        if made.etcd:
+            made.etcd.stop()
 
 
 def two_vxlan_nodes(cluster) -> tuple[Node, Node]:
@@ -254,6 +264,28 @@ def test_invalid_network_config_stops_the_agent_with_one_line(cluster, conf, fie
     assert "tartan" not in " ".join(node.ns.links())
     assert "TARTAN" not in node.ns.run("iptables-save").stdout
     assert not node.subnet_file.exists()
+
+
+def test_etcd_outage_keeps_the_datapath_and_recovers(cluster):
+    cluster.start_etcd()
+    a, b = two_vxlan_nodes(cluster)
+    sub_b = b.subnet()
+    eventually(lambda: _assert_in(sub_b, a.routes()))
+    cluster.etcd.kill()
+    eventually(lambda: _assert_in("store.unavailable", a.log.read_text()))
+    a.ns.run("ip", "route", "del", sub_b)
+    eventually(lambda: _assert_in(sub_b, a.routes()))  # still reconciled from the last leases
+    time.sleep(30)
+    assert a.proc.poll() is None and b.proc.poll() is None
+    assert sub_b in a.routes() and a.subnet() in b.routes()
+    cluster.etcd.start()
+    eventually(lambda: _assert_in("store.recovered", a.log.read_text()), timeout=20)
+    c = cluster.add_node(1)
+    cluster.start(c)
+    cluster.wait_ready(c)
+    eventually(lambda: _assert_in(c.subnet(), a.routes()), timeout=10)
+    retries = [line for line in a.log.read_text().splitlines() if "store.unavailable" in line]
+    assert any("retry_in=10.0" in line for line in retries)  # backed off, did not spin
 
 
 def _assert_in(needle: str, haystack: str) -> None:

@@ -1,4 +1,5 @@
-"""A real etcd for tests: its own data dir and free ports on 127.0.0.1, always removed."""
+"""A real etcd for tests: its own data dir, free ports on 127.0.0.1 (or etcd's own ports on an
+address inside a network namespace of the test's), always removed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -27,16 +29,19 @@ class EtcdServer:
     """One etcd member. `start()` returns once it reports healthy; `stop()` kills it and
     removes its data; both are safe to call again."""
 
-    def __init__(self) -> None:
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+    def __init__(self, netns: str | None = None, host: str = "127.0.0.1") -> None:
+        self.netns, self.host = netns, host
+        # A namespace of the test's own has its own ports: etcd's defaults are free there.
+        self.client_port = 2379 if netns else free_port()
+        self.peer_port = 2380 if netns else free_port()
+        self.url = f"http://{host}:{self.client_port}"
         self.dir = Path(tempfile.mkdtemp(prefix="tartan-etcd-"))
         self.proc: subprocess.Popen | None = None
 
     def argv(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        return [
+        peer = f"http://{self.host}:{self.peer_port}"
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return [*prefix,
             str(ETCD), "--name", "tartan-test", "--data-dir", str(self.dir / "data"),
             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -66,6 +71,11 @@ class EtcdServer:
         raise RuntimeError(f"etcd not healthy after {START_TIMEOUT} s: {self.log_tail()}")
 
     def healthy(self) -> bool:
+        if self.netns:
+            probe = ("import json,sys,urllib.request;sys.exit(json.load(urllib.request.urlopen("
+                     f"'{self.url}/health',timeout=1)).get('health')!='true')")
+            return subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, "-c", probe],
+                                  capture_output=True, check=False).returncode == 0
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=1) as reply:
                 return json.load(reply).get("health") == "true"
