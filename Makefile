@@ -9,7 +9,8 @@ STAMPS := .make
 
 # Debian packages the plugins, the tests and the demo use.
 APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
-	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3
+	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
+	python3 util-linux
 
 SOURCES := $(shell find cni ipam backends debug -name '*.py' 2>/dev/null) pyproject.toml
 

@@ -30,6 +30,10 @@ class Metrics:
                                            0.5, 1, 2.5))
         self.store_errors = Counter("tartan_store_errors_total",
                                     "Failed calls to the lease store", registry=r)
+        self.cni_requests = Histogram(
+            "tartan_cni_request_duration_seconds", "CNI requests served on the agent's socket",
+            ["command", "outcome"], registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5))
         self.ready = Gauge("tartan_ready", "1 once lease, subnet file and datapath are in place",
                            registry=r)
 

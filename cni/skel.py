@@ -224,12 +224,20 @@ def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> Reply:
         return error_reply(err, stdin)
 
 
+def printed(reply: Reply) -> bytes:
+    """What a plugin process prints for `reply` (the agent's socket sends the same bytes)."""
+    return (reply.stdout + "\n").encode() if reply.stdout else b""
+
+
+def emit(reply: Reply) -> int:
+    out = printed(reply)
+    if out:
+        sys.stdout.buffer.write(out)
+        sys.stdout.buffer.flush()
+    return reply.exit_code
+
+
 def main(plugin: Plugin) -> int:
     """Entry point for a plugin process: real environment, stdin and stdout."""
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    reply = run(plugin, os.environ, stdin)
-    if reply.stdout:
-        sys.stdout.write(reply.stdout)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    return reply.exit_code
+    return emit(run(plugin, os.environ, stdin))

@@ -1,0 +1,248 @@
+"""Data-plane benchmark on the namespace lab: throughput per backend and join convergence.
+
+    .venv/bin/python bench/dataplane.py [--seconds 4] [--rounds 3] [--report PATH]
+
+For every backend a lab is brought up (tartanctl lab, SQLite store), and in the same run:
+- pod -> pod TCP throughput across nodes (iperf3) against the underlay between the same two
+  node namespaces, alternating round by round; DirectRouting is measured for a peer on the
+  same segment (host-gw route) and one across the router (VXLAN), each against its underlay;
+- same-node pod -> pod (through the bridge) against a raw veth pair between two namespaces;
+- join convergence: a node joins; from the moment its lease exists in the store, every
+  other node pings an address in the new subnet every 10 ms; the time to each node's first
+  reply is measured (the address is put on the new node's loopback as soon as the lease
+  shows, so pod creation is not part of it).
+Everything lives in namespaces the lab and this script make, removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pngchart import Bar, Panel, bar_chart
+
+from tartan.debug.lab import Lab, UpOptions
+from tartan.debug.lab_state import LabState, Node, Pod
+from tartan.ipam.lease_sqlite import SqliteLeaseStore
+
+BACKENDS = ("vxlan", "host-gw", "directrouting")
+
+
+@dataclass
+class Pair:
+    label: str
+    underlay: list[float] = field(default_factory=list)  # Gbit/s per round
+    overlay: list[float] = field(default_factory=list)
+    baseline_name: str = "underlay"
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.overlay) / statistics.median(self.underlay)
+
+
+def netns_run(ns: str, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def iperf(server_ns: str, server_ip: str, client_ns: str, seconds: int) -> float:
+    """TCP throughput client -> server in Gbit/s (one stream, like a pod's connection)."""
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B",
+                               server_ip], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            out = netns_run(client_ns, ["iperf3", "-c", server_ip, "-t", str(seconds), "-J"],
+                            timeout=seconds + 30)
+            result = json.loads(out.stdout or "{}")
+            if out.returncode == 0 and "sum_received" in result.get("end", {}):
+                return result["end"]["sum_received"]["bits_per_second"] / 1e9
+            time.sleep(0.1)  # the server is not listening yet
+        raise RuntimeError(f"iperf3 {client_ns} -> {server_ip} failed: "
+                           f"{result.get('error') or out.stdout[-300:]}")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def measure_pair(pair: Pair, base: tuple[str, str, str], over: tuple[str, str, str],
+                 rounds: int, seconds: int) -> Pair:
+    for _ in range(rounds):
+        pair.underlay.append(iperf(*base, seconds))
+        pair.overlay.append(iperf(*over, seconds))
+    return pair
+
+
+def first_pod(state: LabState, node: Node) -> Pod:
+    return state.pods_of(node.name)[0]
+
+
+def cross_node_pairs(state: LabState, backend: str) -> list[tuple[str, Node, Node]]:
+    one = state.nodes[0]
+    if backend != "directrouting":
+        return [(f"{backend}: pod -> pod across nodes", one, state.nodes[1])]
+    same = next(n for n in state.nodes[1:] if n.segment == one.segment)
+    other = next(n for n in state.nodes[1:] if n.segment != one.segment)
+    return [("directrouting, same segment (host-gw route)", one, same),
+            ("directrouting, across the router (vxlan)", one, other)]
+
+
+def throughput(state: LabState, backend: str, rounds: int, seconds: int) -> list[Pair]:
+    out = []
+    for label, src, dst in cross_node_pairs(state, backend):
+        pod_src, pod_dst = first_pod(state, src), first_pod(state, dst)
+        out.append(measure_pair(Pair(label), (dst.netns, dst.ip, src.netns),
+                                (pod_dst.netns, pod_dst.ip, pod_src.netns), rounds, seconds))
+    return out
+
+
+def raw_veth() -> tuple[str, str]:
+    """Two namespaces joined by a bare veth pair: the same-node baseline."""
+    a, b = f"tbv{uuid.uuid4().hex[:6]}a", f"tbv{uuid.uuid4().hex[:6]}b"
+    for ns in (a, b):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "link", "add", "eth0", "netns", a, "type", "veth", "peer", "name",
+                    "eth0", "netns", b], check=True)
+    for ns, ip in ((a, "192.0.0.201/30"), (b, "192.0.0.202/30")):
+        netns_run(ns, ["ip", "addr", "add", ip, "dev", "eth0"])
+        netns_run(ns, ["ip", "link", "set", "eth0", "up"])
+    return a, b
+
+
+def same_node(state: LabState, rounds: int, seconds: int) -> Pair:
+    p1, p2 = state.pods_of(state.nodes[0].name)[:2]
+    a, b = raw_veth()
+    try:
+        pair = Pair("same node: pod -> pod via the bridge", baseline_name="raw veth pair")
+        return measure_pair(pair, (b, "192.0.0.202", a), (p2.netns, p2.ip, p1.netns),
+                            rounds, seconds)
+    finally:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+# ----------------------------------------------------------------------- convergence
+
+def new_lease(store: SqliteLeaseStore, known: set, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leases, _ = store.list_leases()
+        fresh = [x for x in leases if x.subnet not in known]
+        if fresh:
+            return fresh[0]
+        time.sleep(0.002)
+    raise RuntimeError("the joining node's lease did not appear")
+
+
+def first_reply(pod: Pod, target: str, started: float, results: dict) -> None:
+    out = netns_run(pod.netns, ["ping", "-D", "-n", "-i", "0.01", "-W", "0.05", "-c", "500",
+                                target], timeout=30)
+    for line in out.stdout.splitlines():
+        if line.startswith("[") and "bytes from" in line:
+            results[pod.node] = float(line[1:line.index("]")]) - started
+            return
+    results[pod.node] = float("inf")
+
+
+def join_convergence(lab: Lab, state: LabState, ttl: float = 24 * 3600.0) -> dict[str, float]:
+    store = SqliteLeaseStore(lab.dir / "leases.db")
+    known = {x.subnet for x in store.list_leases()[0]}
+    joiner = threading.Thread(target=lab.join, daemon=True)
+    joiner.start()
+    lease = new_lease(store, known)
+    created = lease.expiration - ttl  # the lease's own birth time, from the store
+    target = str(lease.subnet.network_address + 1)
+    node = next(n for n in lab.load().nodes if n.ip == lease.attrs.public_ip)
+    netns_run(node.netns, ["ip", "addr", "add", f"{target}/32", "dev", "lo"])
+    results: dict[str, float] = {}
+    pingers = [threading.Thread(target=first_reply, args=(first_pod(state, n), target, created,
+                                                          results)) for n in state.nodes]
+    for t in pingers:
+        t.start()
+    for t in pingers + [joiner]:
+        t.join()
+    return results
+
+
+# ---------------------------------------------------------------------------- labs
+
+def lab_options(backend: str) -> UpOptions:
+    if backend == "host-gw":
+        return UpOptions(backend=backend, nodes=2, segments=1, pods_per_node=2)
+    nodes = 3 if backend == "directrouting" else 2
+    return UpOptions(backend=backend, nodes=nodes, segments=2, pods_per_node=2)
+
+
+def run_backend(backend: str, args: argparse.Namespace) -> tuple[list[Pair], dict[str, float]]:
+    lab = Lab(f"bench{backend.replace('-', '')[:7]}", say=lambda line: print(f"  {line}"))
+    try:
+        state = lab.up(lab_options(backend))
+        pairs = throughput(state, backend, args.rounds, args.seconds)
+        if backend == "vxlan":
+            pairs.append(same_node(state, args.rounds, args.seconds))
+        convergence = join_convergence(lab, state)
+        return pairs, convergence
+    finally:
+        lab.down()
+
+
+def table(pairs: list[Pair], joins: dict[str, dict[str, float]]) -> str:
+    rows = ["| path | baseline | baseline Gbit/s | Tartan Gbit/s | Tartan/baseline |",
+            "|---|---|---:|---:|---:|"]
+    for p in pairs:
+        rows.append(f"| {p.label} | {p.baseline_name} | {statistics.median(p.underlay):.2f} | "
+                    f"{statistics.median(p.overlay):.2f} | {p.ratio * 100:.1f} % |")
+    rows += ["", "| backend | join convergence, slowest peer | every peer (s) |", "|---|---:|---|"]
+    for backend, res in joins.items():
+        each = ", ".join(f"{k} {v:.3f}" for k, v in sorted(res.items()))
+        rows.append(f"| {backend} | {max(res.values()):.3f} s | {each} |")
+    return "\n".join(rows)
+
+
+def chart(pairs: list[Pair], path: Path) -> None:
+    bars = []
+    for p in pairs:
+        bars.append(Bar(f"{p.label[:34]} BASE", (statistics.median(p.underlay),)))
+        bars.append(Bar(f"{p.label[:34]} TARTAN", (statistics.median(p.overlay),),
+                        note=f"{p.ratio * 100:.0f} %"))
+    bar_chart([Panel("TCP THROUGHPUT, MEDIAN GBIT/S (BASE = UNDERLAY OR RAW VETH)", bars)], path)
+
+
+def write_report(path: Path, text: str, pairs: list[Pair], command: str) -> None:
+    png = path.with_suffix(".png")
+    chart(pairs, png)
+    header = (f"# Data plane: throughput per backend and join convergence\n\n"
+              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
+              f"Command (as root): `{command}`\n\n{__doc__.split(chr(10), 2)[2]}\n")
+    path.write_text(f"{header}\n{text}\n\n![throughput]({png.name})\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--report", type=Path)
+    args = parser.parse_args()
+    pairs, joins = [], {}
+    for backend in args.backends.split(","):
+        print(f"{backend}:", flush=True)
+        got, joins[backend] = run_backend(backend, args)
+        pairs += got
+    text = table(pairs, joins)
+    print(text)
+    if args.report:
+        write_report(args.report, text, pairs, " ".join(["bench/dataplane.py", *sys.argv[1:]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

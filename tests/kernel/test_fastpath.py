@@ -1,0 +1,189 @@
+"""The fast path: plugins hand requests to the agent's socket; without it they work alone.
+
+The CNI server runs in a node namespace entered with `nsenter --net` only, so it shares
+the test's mount namespace with the plugins (as tartand shares the host's with a runtime).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tartan.cni.fastpath import MAGIC, ask_agent
+
+from harness import Netns, plugin_dir, unique
+
+pytestmark = pytest.mark.kernel
+
+
+@dataclass
+class PodRef:
+    ns: Netns
+    container_id: str
+    ifname: str = "eth0"
+
+
+class Agent:
+    def __init__(self, ns, path: Path, mode: str = "600") -> None:
+        self.ns, self.path, self.mode = ns, path, mode
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Agent:
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={self.ns.path}", sys.executable, "-m", "tartan.cni.server",
+             "--socket", str(self.path), "--mode", self.mode],
+            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not self.path.exists():
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            assert time.monotonic() < deadline, "CNI server did not start"
+            time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def agent(bridge_net, tmp_path):
+    made = Agent(bridge_net.host, tmp_path / "cni.sock")
+    try:
+        yield made.start()
+    finally:
+        made.kill()
+
+
+def run_in_node(bridge_net, agent, command, pod, config=None, **kw):
+    """The plugin as a runtime runs it, in the node's netns but the host's mount namespace."""
+    kw.setdefault("container_id", pod.container_id)
+    kw.setdefault("netns", pod.ns.path)
+    kw.setdefault("ifname", pod.ifname)
+    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_PATH": str(plugin_dir()),
+           "CNI_CONTAINERID": kw["container_id"], "CNI_NETNS": kw["netns"],
+           "CNI_IFNAME": kw["ifname"], "TARTAN_CNI_SOCKET": str(agent.path)}
+
+    proc = subprocess.run(["nsenter", f"--net={bridge_net.host.path}",
+                           str(plugin_dir() / "tartan-bridge")],
+                          input=json.dumps(config or bridge_net.config).encode(), env=env,
+                          capture_output=True, timeout=60, check=False)
+    return proc.returncode, proc.stdout.decode()
+
+
+def served(agent) -> int:
+    return agent.proc is not None and agent.proc.poll() is None
+
+
+def test_fast_path_and_fallback_give_the_same_result_and_state(bridge_net, agent):
+
+    fast = PodRef(bridge_net.factory("tp"), unique("ctr-"))
+    code, out = run_in_node(bridge_net, agent, "ADD", fast)
+    assert code == 0, out
+    agent.kill()
+    slow = PodRef(bridge_net.factory("tp"), unique("ctr-"))
+    code, out_slow = run_in_node(bridge_net, agent, "ADD", slow)
+    assert code == 0, out_slow
+    a, b = json.loads(out), json.loads(out_slow)
+    assert [i["name"] for i in a["interfaces"]][::2] == [i["name"] for i in b["interfaces"]][::2]
+    assert a["ips"][0]["gateway"] == b["ips"][0]["gateway"]
+    assert a["ips"][0]["address"] != b["ips"][0]["address"]
+    assert len(bridge_net.reservations()) == 2 and len(bridge_net.host_veths()) == 2
+    fast_ip = a["ips"][0]["address"].split("/")[0]
+    assert slow.ns.ping(fast_ip)
+    for pod in (fast, slow):
+        assert run_in_node(bridge_net, agent, "DEL", pod)[0] == 0
+    assert bridge_net.reservations() == [] and bridge_net.host_veths() == []
+
+
+def test_requests_really_go_through_the_agent(bridge_net, agent):
+    pod = PodRef(bridge_net.factory("tp"), unique("ctr-"))
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.ns.path,
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(plugin_dir()), "PATH": os.environ["PATH"]}
+
+    # Asked from the test's own network namespace, the agent declines: not its namespace.
+    assert ask_agent("tartan-bridge", env, json.dumps(bridge_net.config).encode(),
+                     str(agent.path)) is None
+    code, out = run_in_node(bridge_net, agent, "ADD", pod)
+    assert code == 0
+    assert served(agent)
+
+
+def test_a_request_from_another_namespace_falls_back_to_in_process(bridge_net, agent):
+    pod = bridge_net.add()  # run through `ip netns exec`: another mount namespace
+    assert pod.reply.code == 0, pod.reply.stdout
+    assert pod.ns.ping("10.250.0.1")
+
+
+def _raw(agent, payload: bytes) -> tuple[int, str]:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(agent.path))
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    code, size = struct.unpack(">iI", data[len(MAGIC):len(MAGIC) + 8])
+    return code, data[len(MAGIC) + 8:].decode()
+
+
+def test_malformed_and_oversized_requests_get_cni_errors_and_the_agent_keeps_serving(agent):
+
+    code, out = _raw(agent, b"GARBAGE-REQUEST")
+    assert code == 1 and json.loads(out)["code"] == 6
+    code, out = _raw(agent, MAGIC + struct.pack(">I", 1 << 30))
+    assert code == 1 and json.loads(out)["code"] == 4 and "limit" in json.loads(out)["msg"]
+    code, out = _raw(agent, MAGIC + struct.pack(">I", 3) + b"bad")
+    assert code == 1 and json.loads(out)["code"] in (4, 6)
+    assert served(agent)
+    code, out = _raw(agent, MAGIC + struct.pack(">I", 13) + b"tartan-bridge"
+                     + struct.pack(">I", 0) + struct.pack(">I", 0))
+    assert served(agent) and code != 0  # no namespace identity: declined, not run
+
+
+def test_a_non_root_client_is_refused(bridge_net):
+    folder = Path(tempfile.mkdtemp(prefix="tartan-sock-"))
+    folder.chmod(0o755)  # so that `nobody` reaches the socket, and the credential check
+    open_agent = Agent(bridge_net.host, folder / "open.sock", mode="666").start()
+    try:
+        probe = ("import socket,struct,sys;s=socket.socket(socket.AF_UNIX);"
+                 f"s.connect('{open_agent.path}');s.sendall(b'TCNI1');s.shutdown(1);"
+                 "d=s.recv(65536);sys.stdout.write(d[13:].decode())")
+        out = subprocess.run(["/usr/bin/python3", "-I", "-c", probe], capture_output=True,
+                             text=True, user=65534, timeout=30, check=True).stdout
+        assert "root only" in out
+        assert served(open_agent)
+    finally:
+        open_agent.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_killing_the_agent_mid_batch_leaves_no_half_made_pod(bridge_net, agent):
+    pods = [PodRef(bridge_net.factory("tq"), unique("ctr-"))
+            for _ in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(run_in_node, bridge_net, agent, "ADD", p) for p in pods]
+        time.sleep(0.3)
+        agent.kill()
+        results = [f.result() for f in futures]
+    for pod, (code, _out) in zip(pods, results, strict=True):
+        if code == 0:
+            assert "eth0" in pod.ns.links()
+        # whatever happened, DEL (now in-process) cleans up
+        assert run_in_node(bridge_net, agent, "DEL", pod)[0] == 0
+    assert bridge_net.reservations() == []
+    assert bridge_net.host_veths() == []
