@@ -106,10 +106,23 @@ def _stdin() -> bytes:
     return b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
 
 
+def version() -> int:
+    """VERSION is static: answered here, without the agent and without loading a plugin
+    (runtimes ask it of every plugin in every network config, on every command)."""
+    from tartan.cni.versions import CURRENT_VERSION, SUPPORTED_VERSIONS
+
+    quoted = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
+    sys.stdout.write(f'{{"cniVersion": "{CURRENT_VERSION}", "supportedVersions": [{quoted}]}}\n')
+    sys.stdout.flush()
+    return 0
+
+
 def relay(plugin: str, fallback) -> int:
     """Entry point body: agent first, `fallback(stdin)` (in-process) when it is not there."""
+    if os.environ.get("CNI_COMMAND") == "VERSION":
+        return version()
     stdin = _stdin()
-    if os.environ.get("CNI_COMMAND") != "VERSION" and not os.environ.get("TARTAN_NO_AGENT"):
+    if not os.environ.get("TARTAN_NO_AGENT"):
         answer = ask_agent(plugin, os.environ, stdin)
         if answer is not None:
             code, out = answer
@@ -130,6 +143,30 @@ def _in_process(module: str) -> object:
         return skel.emit(skel.run(plugin, os.environ, stdin))
 
     return run
+
+
+def exec_full(plugin: str, executable: str, stdin: bytes) -> int:
+    """Fallback of the bundle's small CNI executable, which has no pyroute2: become the full
+    executable, with the request's stdin handed over in memory."""
+    fd = os.memfd_create("cni-stdin")
+    os.write(fd, stdin)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.dup2(fd, 0)
+    os.close(fd)
+    os.execv(executable, [plugin])
+    return 1  # not reached
+
+
+PLUGIN_NAMES = ("tartan", "tartan-bridge", "tartan-ipam")
+
+
+def bundle_main(full_executable: str) -> int:
+    """The bundle's CNI entry: the role is the name it is called by (busybox style)."""
+    role = os.path.basename(sys.argv[0])
+    if role not in PLUGIN_NAMES:
+        sys.stderr.write(f"tartan: called as {role!r}; link me as one of {PLUGIN_NAMES}\n")
+        return 1
+    return relay(role, lambda stdin: exec_full(role, full_executable, stdin))
 
 
 def bridge() -> int:

@@ -11,9 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from tartan.cni.errors import DecodeFailure, IncompatibleVersion
-
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-CURRENT_VERSION = "1.1.0"
+from tartan.cni.versions import CURRENT_VERSION, SUPPORTED_VERSIONS  # noqa: F401 - re-exported
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
