@@ -204,6 +204,7 @@ def test_entry_path_stays_on_the_standard_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     allowed = {"tartan", "tartan.cni", "tartan.cni.skel", "tartan.cni.errors", "tartan.cni.types",
-               "tartan.cni.versions", "tartan.cni.invoke", "tartan.cni.plugins", "tartan.cni.plugins.meta",
+               "tartan.cni.versions", "tartan.cni.invoke", "tartan.cni.plugins",
+               "tartan.cni.plugins.meta",
                "tartan.cni.plugins.meta_config"}
     assert set(out) <= allowed, set(out) - allowed
