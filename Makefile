@@ -14,7 +14,7 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 
 SOURCES := $(shell find cni ipam backends debug -name '*.py' 2>/dev/null) pyproject.toml
 
-.PHONY: all deps apt venv demo test unit lint bench clean
+.PHONY: all deps apt venv demo test unit lint bench clean bundle install uninstall
 
 all: venv
 
@@ -52,11 +52,37 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-test: deps lint
+test: deps lint bundle
 	$(VENV)/bin/pytest -q -rs tests
 
+# --- The bundle (packaging/): one PyInstaller onedir, dist/tartan/, rebuilt only when the
+# sources or the packaging change. `make install` / `make uninstall` as root; DESTDIR= stages.
+PYINSTALLER := pyinstaller==6.22.3 pyinstaller-hooks-contrib==2026.9
+BUNDLE := dist/tartan/tartan-full
+BUNDLE_INPUTS := packaging/tartan.spec packaging/entry_cni.py packaging/entry_full.py
+DESTDIR ?=
+
+$(STAMPS)/pyinstaller: $(STAMPS)/venv
+	$(PY) -m pip install -q $(PYINSTALLER)
+	@touch $@
+
+$(BUNDLE): $(STAMPS)/install $(STAMPS)/pyinstaller $(BUNDLE_INPUTS)
+	rm -rf dist/tartan build/pyinstaller
+	$(PY) -m PyInstaller --noconfirm --log-level WARN --distpath dist \
+		--workpath build/pyinstaller packaging/tartan.spec
+	@touch $@
+
+bundle: $(BUNDLE)
+
+install: $(BUNDLE)
+	"$(PYTHON_BASE)" packaging/install.py install --bundle dist/tartan --destdir "$(DESTDIR)"
+
+uninstall:
+	"$(PYTHON_BASE)" packaging/install.py uninstall --destdir "$(DESTDIR)"
+
+# Three nodes in namespaces, leases, the full pod ping matrix, and always `down`.
 demo: deps
-	$(PY) -m tartan.cni.demo
+	$(VENV)/bin/tartanctl lab demo --nodes 3 --backend vxlan --store sqlite
 
 bench: deps
 	$(PY) bench/cni_latency.py --pairs 40 --report bench/reports/cni_latency.md

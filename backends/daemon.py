@@ -55,6 +55,7 @@ class Agent:
         self.passes = 0
         self.outage_since: float | None = None
         self.backoff = 0.5
+        self.next_store_try = 0.0
 
     # -- lease -------------------------------------------------------------------------
 
@@ -155,21 +156,23 @@ class Agent:
             self.outage_since, self.backoff = None, 0.5
         return revision
 
-    def _store_failed(self, exc: Exception) -> float:
+    def _store_failed(self, exc: Exception) -> None:
+        """Back off from the store; the kernel keeps being reconciled meanwhile."""
         self.metrics.store_errors.inc()
         if self.outage_since is None:
             self.outage_since = self.clock()
         self.log.warn("store.unavailable", error=str(exc), retry_in=self.backoff)
-        delay, self.backoff = self.backoff, min(self.backoff * 2, MAX_BACKOFF)
-        return delay
+        self.next_store_try = self.clock() + self.backoff
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
 
     def step(self, revision: int) -> tuple[int, float]:
         """One pass; returns the revision seen and how long the store may keep us waiting."""
         delay = self.settings.reconcile_interval
         try:
-            revision = self._refresh()
+            if self.clock() >= self.next_store_try:
+                revision = self._refresh()
         except StoreUnavailable as exc:
-            delay = min(self._store_failed(exc), delay)
+            self._store_failed(exc)
         except LeaseError as exc:  # no subnet to be had right now: keep the datapath, retry
             self.log.error("lease.unavailable", error=str(exc), retry_in=delay)
         try:
@@ -183,6 +186,8 @@ class Agent:
         revision = 0
         while not stop.is_set():
             revision, delay = self.step(revision)
+            if self.outage_since is not None:
+                delay = min(delay, max(0.05, self.next_store_try - self.clock()))
             deadline = self.clock() + delay
             while not stop.is_set() and self.clock() < deadline:
                 if self.outage_since is not None:

@@ -92,6 +92,8 @@ class Cluster:
                  else ["--store", f"sqlite:{self.db}"])
         argv = [str(plugin_dir() / "tartand"), *store, "--net-config",
                 str(conf), "--iface", "eth0", "--subnet-file", str(node.subnet_file),
+                "--cni-socket", str(self.tmp / f"{node.ns.name}.sock"),
+                "--state-dir", str(self.tmp / f"{node.ns.name}-state"),
                 "--ip-masq", "--reconcile-interval", "1", *extra]
         with open(node.log, "ab") as log:
             node.proc = subprocess.Popen(["ip", "netns", "exec", node.ns.name, *argv],

@@ -1,0 +1,33 @@
+"""tartanctl: the operator CLI. A thin dispatcher; each subcommand lives in its own module
+and registers its flags with `register(subparsers)` and a `run(args) -> exit code`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tartan.debug import lab_cli, status
+
+SUBCOMMANDS = (status, lab_cli)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tartanctl", description="Tartan operator CLI")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # e.g. `| head`: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`tartanctl lab ...`: the subcommands' flags and what each one runs."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+
+from tartan.debug import lab_plan as plan
+from tartan.debug import lab_views as views
+from tartan.debug.lab import Lab, UpOptions
+from tartan.debug.lab_sys import LabError
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _up_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    p.add_argument("--backend", choices=sorted(plan.BACKENDS), default="vxlan")
+    p.add_argument("--store", choices=plan.STORES, default="sqlite")
+    p.add_argument("--segments", type=int, default=0,
+                   help="L2 segments (default 1 for host-gw, 2 otherwise)")
+    p.add_argument("--pods-per-node", type=int, default=2)
+    p.add_argument("--reconcile-interval", type=float, default=5.0,
+                   help="tartand's --reconcile-interval on every node (seconds)")
+    p.add_argument("--ready-timeout", type=float, default=60.0,
+                   help="seconds to wait for every node's /readyz")
+
+
+def _options(args: argparse.Namespace) -> UpOptions:
+    return UpOptions(args.backend, args.store, args.nodes, args.segments, args.pods_per_node,
+                     args.reconcile_interval, args.ready_timeout)
+
+
+def cmd_up(lab: Lab, args: argparse.Namespace) -> int:
+    try:
+        lab.up(_options(args))
+    except LabError as exc:
+        error(args, exc)
+        if lab.made_something:
+            say(f"the lab is left as it is for a look; remove it with "
+                f"`tartanctl lab down --name {lab.name}`")
+        return 1
+    return 0
+
+
+def cmd_down(lab: Lab, args: argparse.Namespace) -> int:
+    return 1 if lab.down() else 0
+
+
+def cmd_join(lab: Lab, args: argparse.Namespace) -> int:
+    lab.join(args.ready_timeout)
+    return 0
+
+
+def cmd_leave(lab: Lab, args: argparse.Namespace) -> int:
+    lab.leave(args.node)
+    return 0
+
+
+def cmd_restart(lab: Lab, args: argparse.Namespace) -> int:
+    lab.restart(args.node, args.ready_timeout)
+    return 0
+
+
+def cmd_status(lab: Lab, args: argparse.Namespace) -> int:
+    return 0 if views.show_status(lab, say) else 1
+
+
+def cmd_pods(lab: Lab, args: argparse.Namespace) -> int:
+    views.show_pods(lab, say)
+    return 0
+
+
+def cmd_ping_matrix(lab: Lab, args: argparse.Namespace) -> int:
+    return 0 if views.ping_matrix(lab, say) else 1
+
+
+def cmd_demo(lab: Lab, args: argparse.Namespace) -> int:
+    """up, status, ping-matrix, and always down: `make demo` in one command."""
+    ok = False
+    try:
+        lab.up(_options(args))
+        say("---- tartanctl lab status")
+        views.show_status(lab, say)
+        say("---- tartanctl lab ping-matrix")
+        ok = views.ping_matrix(lab, say)
+    except LabError as exc:
+        error(args, exc)
+    finally:
+        say("---- tartanctl lab down")
+        clean = not lab.down()
+    say("lab demo: " + ("done" if ok and clean else "FAILED"))
+    return 0 if ok and clean else 1
+
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "up": (cmd_up, "start a lab: router, segments, nodes, store, tartand, pods"),
+    "down": (cmd_down, "remove everything of the lab (idempotent, also after a crash)"),
+    "status": (cmd_status, "nodes' readiness and the store's leases"),
+    "pods": (cmd_pods, "the lab's pods with their node and address"),
+    "ping-matrix": (cmd_ping_matrix, "ping every pod from every pod"),
+    "join": (cmd_join, "add one node (with its pods)"),
+    "leave": (cmd_leave, "remove one node: tartand, pods, lease, namespaces"),
+    "restart": (cmd_restart, "restart one node's tartand (its datapath stays)"),
+    "demo": (cmd_demo, "up, status, ping-matrix, then always down"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="a multi-node cluster in namespaces on this machine")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
+    for name, (handler, text) in COMMANDS.items():
+        p = lab_sub.add_parser(name, help=text, description=text)
+        p.add_argument("--name", default=plan.DEFAULT_NAME,
+                       help=f"the lab's name (default {plan.DEFAULT_NAME})")
+        if name in ("up", "demo"):
+            _up_flags(p)
+        if name in ("join", "restart"):
+            p.add_argument("--ready-timeout", type=float, default=60.0)
+        if name in ("leave", "restart"):
+            p.add_argument("node", help="node name, e.g. node2")
+        p.set_defaults(run=run, handler=handler)
+
+
+def error(args: argparse.Namespace, exc: Exception) -> None:
+    print(f"tartanctl lab {args.lab_command}: error: {exc}", file=sys.stderr, flush=True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the chosen handler; a LabError or a bad option is one error line, exit 1."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.handler(Lab(args.name), args)
+    except (LabError, plan.PlanError) as exc:
+        error(args, exc)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tartanctl lab {args.lab_command}: interrupted", file=sys.stderr, flush=True)
+        return 130

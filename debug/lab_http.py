@@ -1,0 +1,89 @@
+"""HTTP requests from inside a network namespace, with the standard library only.
+
+Every node's tartand listens on 127.0.0.1:9808 of the node's own namespace, and etcd on
+the router's segment-1 address; neither is reachable from the host. A request runs in a
+thread of its own that enters the namespace first (setns(2) is per thread, and a socket
+belongs to the namespace of the thread that opens it); the calling thread never moves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from tartan.debug.lab_sys import netns_path
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# Never through a proxy from the environment: every address here is namespace-local.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Unreachable(Exception):
+    """Nothing answered (refused, timed out, namespace gone)."""
+
+
+def _enter(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+def call_in_netns(netns: str, fn: Callable[[], Any]) -> Any:
+    """fn() in a new thread that lives in the named network namespace; its result."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            _enter(netns_path(netns))
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def request(url: str, body: dict | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    """GET (or POST `body` as JSON); (status, payload). Unreachable when nothing answers."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise Unreachable(str(getattr(exc, "reason", exc))) from None
+
+
+def request_in(netns: str, url: str, body: dict | None = None,
+               timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        return call_in_netns(netns, lambda: request(url, body, timeout))
+    except OSError as exc:
+        raise Unreachable(f"namespace {netns}: {exc.strerror or exc}") from None
+
+
+def json_in(netns: str, url: str, body: dict | None = None, timeout: float = 2.0) -> Any:
+    """The JSON answer; Unreachable also when the status is not 200."""
+    status, payload = request_in(netns, url, body, timeout)
+    if status != 200:
+        raise Unreachable(f"{url}: HTTP {status}")
+    return json.loads(payload)

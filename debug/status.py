@@ -1,0 +1,82 @@
+"""`tartanctl status`: this node's lease, readiness and peers, from the local tartand.
+
+GET /status on tartand's HTTP address (standard library only) and print it for a person.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from tartan.debug.fmt import relative, table
+
+DEFAULT_ADDR = "127.0.0.1:9808"
+# Never through a proxy from the environment: the agent is on this machine.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class StatusError(Exception):
+    """One line for the user."""
+
+
+def fetch(addr: str, timeout: float = 3.0) -> dict:
+    """The agent's /status document; StatusError when it does not answer usefully."""
+    try:
+        with _OPENER.open(f"http://{addr}/status", timeout=timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise StatusError(f"tartand on {addr} answered /status with HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError, ValueError):
+        raise StatusError(f"tartand is not answering on {addr}: is it running?") from None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise StatusError(f"tartand on {addr} sent /status that is not JSON") from None
+    if not isinstance(doc, dict):
+        raise StatusError(f"tartand on {addr} sent an unexpected /status document")
+    return doc
+
+
+def node_lines(node: dict, now: float) -> list[str]:
+    expires = node.get("leaseExpires")
+    when = relative(float(expires) - now) if isinstance(expires, int | float) else "-"
+    return [
+        f"node:     {node.get('publicIP', '-')}",
+        f"subnet:   {node.get('subnet', '-')} (lease expires {when})",
+        f"backend:  {node.get('backend', '-')}",
+        f"ready:    {'yes' if node.get('ready') else 'NO'}",
+    ]
+
+
+def peer_lines(peers: list[dict]) -> list[str]:
+    if not peers:
+        return ["peers:    none"]
+    rows = [[p.get("subnet"), p.get("publicIP"), p.get("mode"), p.get("state"),
+             p.get("reason")] for p in sorted(peers, key=lambda p: str(p.get("subnet")))]
+    return [f"peers ({len(peers)}):",
+            *table(["SUBNET", "PUBLIC IP", "MODE", "STATE", "REASON"], rows, "  ")]
+
+
+def render(doc: dict, now: float) -> list[str]:
+    return node_lines(doc.get("node") or {}, now) + peer_lines(doc.get("peers") or [])
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="this node's lease, readiness and peers")
+    p.add_argument("--http-addr", default=DEFAULT_ADDR,
+                   help=f"tartand's HTTP address (default {DEFAULT_ADDR})")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        doc = fetch(args.http_addr)
+    except StatusError as exc:
+        print(f"tartanctl status: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(render(doc, time.time())))
+    return 0
