@@ -5,6 +5,7 @@ One lab (vxlan, etcd, 3 nodes on 2 segments, --reconcile-interval 1) for the mod
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -49,6 +50,24 @@ def test_a_stopped_tartand_leaves_the_datapath_and_a_restart_keeps_the_lease(lab
     assert subnet_of(node) == subnet
     assert routes(node) == datapath
     assert all_reachable(lab)
+
+
+def test_continuous_ping_survives_tartand_restarting_on_both_nodes(lab: Lab):
+    state = lab.load()
+    (a, b) = state.nodes[:2]
+    src, dst = state.pods_of(a.name)[0], state.pods_of(b.name)[0]
+    result: dict[str, str] = {}
+    pinger = threading.Thread(target=lambda: result.update(out=lab.sys.run(
+        ["ip", "netns", "exec", src.netns, "ping", "-n", "-i", "0.05", "-c", "160", "-W", "1",
+         dst.ip], check=False, timeout=60).stdout))
+    pinger.start()
+    time.sleep(1)
+    lab.restart(a.name)
+    lab.restart(b.name)
+    pinger.join()
+    summary = next(line for line in result["out"].splitlines() if "packet loss" in line)
+    assert " 0% packet loss" in summary, summary
+    assert "160 received" in summary, summary
 
 
 def test_an_etcd_outage_keeps_the_datapath_and_the_cluster_recovers(lab: Lab):
