@@ -1,8 +1,13 @@
 """The lab's underlay: a router namespace, L2 segments, and node namespaces with holders.
 
-Each segment is a bridge `seg<k>` inside the router namespace carrying the segment's
-gateway address; a node is a network namespace joined to its segment by a veth (`n<i>` on
-the router, `eth0` in the node) with a default route via the router. Nothing is created in
+Each segment is a bridge `seg<k>` (a switch) inside the router namespace; the router is
+plugged into it by a veth of its own (`gw<k>`, carrying the segment's gateway address, its
+peer `gw<k>p` a port of the bridge), like a router cabled to a switch. The router must not
+route out of the bridge device itself: a bridge does not offer tunnel segmentation to
+encapsulated packets, so every 64 KB VXLAN packet would be cut into MTU-sized ones on the
+way through, and cross-segment VXLAN would measure the lab instead of Tartan. A node is a
+network namespace joined to its segment by a veth (`n<i>` on the router, `eth0` in the
+node) with a default route via the router. Nothing is created in
 the host's network namespace, and the router has no route out.
 
 Each node also gets a mount namespace of its own, kept alive by a holder process
@@ -58,10 +63,14 @@ def make_router(sys: Sys, lab: str, segments: int) -> None:
 
 
 def add_segment(sys: Sys, router: str, seg: int) -> None:
-    bridge = plan.bridge_name(seg)
+    bridge, leg = plan.bridge_name(seg), f"gw{seg}"
     sys.ip("link", "add", bridge, "type", "bridge", netns=router, what=f"bridge {bridge}")
-    sys.ip("addr", "add", str(plan.gateway(seg)), "dev", bridge, netns=router)
     sys.ip("link", "set", bridge, "up", netns=router)
+    sys.ip("link", "add", leg, "type", "veth", "peer", "name", f"{leg}p", netns=router,
+           what=f"router leg {leg}")
+    sys.ip("link", "set", f"{leg}p", "master", bridge, "up", netns=router)
+    sys.ip("addr", "add", str(plan.gateway(seg)), "dev", leg, netns=router)
+    sys.ip("link", "set", leg, "up", netns=router)
 
 
 def wire_node(sys: Sys, node: plan.NodePlan) -> None:
