@@ -14,7 +14,7 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 
 SOURCES := $(shell find cni ipam backends debug -name '*.py' 2>/dev/null) pyproject.toml
 
-.PHONY: all deps apt venv demo test unit lint bench clean bundle install uninstall
+.PHONY: all deps apt venv demo test unit lint bench bench-dataplane clean bundle install uninstall
 
 all: venv
 
@@ -59,7 +59,7 @@ test: deps lint bundle
 # sources or the packaging change. `make install` / `make uninstall` as root; DESTDIR= stages.
 PYINSTALLER := pyinstaller==6.22.3 pyinstaller-hooks-contrib==2026.9
 BUNDLE := dist/tartan/tartan-full
-BUNDLE_INPUTS := packaging/tartan.spec packaging/entry_cni.py packaging/entry_full.py
+BUNDLE_INPUTS := $(addprefix packaging/,tartan.spec cni_modules.py entry_cni.py entry_full.py)
 DESTDIR ?=
 
 $(STAMPS)/pyinstaller: $(STAMPS)/venv
@@ -86,6 +86,9 @@ demo: deps
 
 bench: deps
 	$(PY) bench/cni_latency.py --pairs 40 --report bench/reports/cni_latency.md
+
+bench-dataplane: deps
+	$(PY) bench/dataplane.py --seconds 4 --rounds 3 --report bench/reports/dataplane.md
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build *.egg-info

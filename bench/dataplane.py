@@ -39,6 +39,7 @@ BACKENDS = ("vxlan", "host-gw", "directrouting")
 @dataclass
 class Pair:
     label: str
+    short: str  # for the chart: a few words, no symbols
     underlay: list[float] = field(default_factory=list)  # Gbit/s per round
     overlay: list[float] = field(default_factory=list)
     baseline_name: str = "underlay"
@@ -84,21 +85,21 @@ def first_pod(state: LabState, node: Node) -> Pod:
     return state.pods_of(node.name)[0]
 
 
-def cross_node_pairs(state: LabState, backend: str) -> list[tuple[str, Node, Node]]:
+def cross_node_pairs(state: LabState, backend: str) -> list[tuple[str, str, Node, Node]]:
     one = state.nodes[0]
     if backend != "directrouting":
-        return [(f"{backend}: pod -> pod across nodes", one, state.nodes[1])]
+        return [(f"{backend}: pod -> pod across nodes", backend, one, state.nodes[1])]
     same = next(n for n in state.nodes[1:] if n.segment == one.segment)
     other = next(n for n in state.nodes[1:] if n.segment != one.segment)
-    return [("directrouting, same segment (host-gw route)", one, same),
-            ("directrouting, across the router (vxlan)", one, other)]
+    return [("directrouting, same segment (host-gw route)", "DR same segment", one, same),
+            ("directrouting, across the router (vxlan)", "DR across router", one, other)]
 
 
 def throughput(state: LabState, backend: str, rounds: int, seconds: int) -> list[Pair]:
     out = []
-    for label, src, dst in cross_node_pairs(state, backend):
+    for label, short, src, dst in cross_node_pairs(state, backend):
         pod_src, pod_dst = first_pod(state, src), first_pod(state, dst)
-        out.append(measure_pair(Pair(label), (dst.netns, dst.ip, src.netns),
+        out.append(measure_pair(Pair(label, short), (dst.netns, dst.ip, src.netns),
                                 (pod_dst.netns, pod_dst.ip, pod_src.netns), rounds, seconds))
     return out
 
@@ -120,7 +121,8 @@ def same_node(state: LabState, rounds: int, seconds: int) -> Pair:
     p1, p2 = state.pods_of(state.nodes[0].name)[:2]
     a, b = raw_veth()
     try:
-        pair = Pair("same node: pod -> pod via the bridge", baseline_name="raw veth pair")
+        pair = Pair("same node: pod -> pod via the bridge", "same node",
+                    baseline_name="raw veth pair")
         return measure_pair(pair, (b, "192.0.0.202", a), (p2.netns, p2.ip, p1.netns),
                             rounds, seconds)
     finally:
@@ -209,8 +211,8 @@ def table(pairs: list[Pair], joins: dict[str, dict[str, float]]) -> str:
 def chart(pairs: list[Pair], path: Path) -> None:
     bars = []
     for p in pairs:
-        bars.append(Bar(f"{p.label[:34]} BASE", (statistics.median(p.underlay),)))
-        bars.append(Bar(f"{p.label[:34]} TARTAN", (statistics.median(p.overlay),),
+        bars.append(Bar(f"{p.short} base", (statistics.median(p.underlay),)))
+        bars.append(Bar(f"{p.short} tartan", (statistics.median(p.overlay),),
                         note=f"{p.ratio * 100:.0f} %"))
     bar_chart([Panel("TCP THROUGHPUT, MEDIAN GBIT/S (BASE = UNDERLAY OR RAW VETH)", bars)], path)
 
