@@ -19,12 +19,11 @@ Only the standard library is imported here, and only what the socket path needs.
 
 from __future__ import annotations
 
+# The C module itself: `socket` would also import enum & co., 5.6 ms of every plugin start.
+import _socket as socket
 import os
 import struct
 import sys
-
-# The C module itself: `socket` would also import enum & co., 5.6 ms of every plugin start.
-import _socket as socket
 
 MAGIC = b"TCNI1"
 SOCKET_PATH = "/run/tartan/cni.sock"
