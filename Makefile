@@ -91,4 +91,4 @@ bench-dataplane: deps
 	$(PY) bench/dataplane.py --seconds 4 --rounds 3 --report bench/reports/dataplane.md
 
 clean:
-	rm -rf $(VENV) $(STAMPS) build *.egg-info
+	rm -rf $(VENV) $(STAMPS) build dist *.egg-info
