@@ -1,5 +1,10 @@
 """CNI ADD/DEL latency: Tartan (tartan-bridge + tartan-ipam) against the reference plugins.
 
+Tartan comes as the venv's console scripts (`tartan`, in-process), or as the installed
+bundle's CNI executable with the agent's CNI server up (`tartan-agent`, `tartan-meta` for the
+meta plugin) or down (`tartan-bundle-fallback`); see cni_agent.py. --concurrency and
+--memory add bursts of concurrent pods and the server's memory (cni_load.py).
+
 Everything happens inside a throwaway "node" network namespace: the bridges, veths and
 iptables rules of both implementations live there, never in the host's namespace. Each
 ADD+DEL pair gets a fresh pod namespace. The implementations alternate pair by pair (and
@@ -18,203 +23,42 @@ Run as root (`make bench`):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 # Siblings in bench/ (on sys.path as the script's folder), standard library only.
-from latency_report import Outcome, write_report
+import cni_agent
+from cni_load import Concurrency, measure_memory, memory_table, throughput_table
+from cni_run import (
+    CNI_VERSION,
+    PLUGIN_PATH,
+    REFERENCE_DIR,
+    VENV_BIN,
+    BenchError,
+    Impl,
+    Namespaces,
+    check_add,
+    check_del,
+    cni_env,
+    entered,
+    ip,
+    network_config,
+    timed_exec,
+)
+from latency_report import Outcome, Section, write_report
 from latency_stats import PairSeries, StartSeries, Stats, pair_table, plain, start_table
 
-VENV_BIN = Path(sys.executable).parent
-REFERENCE_DIR = Path("/usr/lib/cni")
-NETNS_DIR = Path("/run/netns")
-CNI_VERSION = "1.0.0"  # the newest version both the reference v1.1.1 and Tartan speak
-PLUGIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-CLONE_NEWNET = 0x40000000
-IMPLS = ("tartan", "reference")
+IMPLS = ("tartan", "reference", *cni_agent.BUNDLE_IMPLS)
 MODES = ("masq", "nomasq")
-
-
-class BenchError(Exception):
-    """A failure that ends the benchmark with a one-line message."""
-
-
-# --- namespaces -------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _ip(*args: str) -> None:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
-
-
-def netns_add(name: str) -> str:
-    _ip("netns", "add", name)
-    return str(NETNS_DIR / name)
-
-
-def netns_del(name: str) -> None:
-    if (NETNS_DIR / name).exists():
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise BenchError(f"setns failed: {os.strerror(err)}")
-
-
-@contextmanager
-def entered(name: str) -> Iterator[None]:
-    """Run the body (and every child it starts) inside network namespace `name`.
-
-    Only the network namespace changes: the mount namespace stays the host's, so
-    `ip netns add` from inside still makes pod namespaces everyone can see.
-    """
-    target = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-    origin = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(origin)
-    finally:
-        os.close(target)
-        os.close(origin)
-
-
-@dataclass
-class Namespaces:
-    """Every namespace the bench made, so that all of them go away at the end."""
-
-    prefix: str = field(default_factory=lambda: f"tbench-{uuid.uuid4().hex[:6]}")
-    made: list[str] = field(default_factory=list)
-
-    def add(self, suffix: str) -> str:
-        name = f"{self.prefix}-{suffix}"
-        self.made.append(name)
-        return netns_add(name)
-
-    def remove(self, path: str) -> None:
-        name = Path(path).name
-        netns_del(name)
-        if name in self.made:
-            self.made.remove(name)
-
-    def remove_all(self) -> None:
-        for name in reversed(self.made):
-            netns_del(name)
-        self.made.clear()
-
-
-# --- plugins ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Impl:
-    """One implementation: its bridge plugin, IPAM type, and where the runtime looks."""
-
-    name: str
-    plugin: Path
-    ipam: str
-    cni_path: tuple[Path, ...]
-    bridge: str
-    subnet: str
-
-    def ipam_binary(self) -> Path:
-        found = shutil.which(self.ipam, path=os.pathsep.join(map(str, self.cni_path)))
-        if not found:
-            raise BenchError(f"{self.name}: IPAM plugin {self.ipam} not found on CNI_PATH")
-        return Path(found)
-
-
-def make_impls(names: Sequence[str], tartan_ipam: str) -> list[Impl]:
-    known = {
-        "tartan": Impl("tartan", VENV_BIN / "tartan-bridge", tartan_ipam,
-                       (VENV_BIN, REFERENCE_DIR), "tartan0", "10.250.0.0/24"),
-        "reference": Impl("reference", REFERENCE_DIR / "bridge", "host-local",
-                          (REFERENCE_DIR,), "refbr0", "10.250.1.0/24"),
-    }
-    return [known[n] for n in names]
-
-
-def network_config(impl: Impl, mode: str, data_dir: Path) -> bytes:
-    config = {
-        "cniVersion": CNI_VERSION,
-        "name": f"bench-{impl.name}-{mode}",
-        "type": impl.plugin.name,
-        "bridge": impl.bridge,
-        "isGateway": True,
-        "ipMasq": mode == "masq",
-        "ipam": {"type": impl.ipam, "subnet": impl.subnet, "dataDir": str(data_dir)},
-    }
-    return json.dumps(config).encode()
-
-
-@dataclass
-class Invocation:
-    ms: float
-    code: int
-    stdout: str
-    stderr: str
-
-    def brief(self) -> str:
-        text = (self.stdout.strip() or self.stderr.strip() or "no output").splitlines()
-        return text[0][:300] if text else "no output"
-
-
-def timed_exec(argv: list[str], env: dict[str, str], stdin: bytes) -> Invocation:
-    """Run argv once with env and stdin; the time covers fork, exec, the work and exit."""
-    start = time.perf_counter()
-    proc = subprocess.run(argv, input=stdin, env=env, capture_output=True, check=False,
-                          timeout=120)
-    ms = (time.perf_counter() - start) * 1000
-    return Invocation(ms, proc.returncode, proc.stdout.decode(errors="replace"),
-                      proc.stderr.decode(errors="replace"))
-
-
-def cni_env(impl: Impl, command: str, container_id: str = "", netns: str = "") -> dict[str, str]:
-    env = {
-        "PATH": PLUGIN_PATH,
-        "CNI_COMMAND": command,
-        "CNI_PATH": os.pathsep.join(map(str, impl.cni_path)),
-        "CNI_IFNAME": "eth0",
-    }
-    if container_id:
-        env["CNI_CONTAINERID"] = container_id
-    if netns:
-        env["CNI_NETNS"] = netns
-    return env
-
-
-def check_add(impl: Impl, run: Invocation) -> None:
-    try:
-        ips = json.loads(run.stdout).get("ips") if run.code == 0 else None
-    except (ValueError, AttributeError):
-        ips = None
-    if run.code != 0 or not ips:
-        raise BenchError(f"{impl.name} ADD failed (exit {run.code}): {run.brief()}")
-
-
-def check_del(impl: Impl, run: Invocation) -> None:
-    if run.code != 0:
-        raise BenchError(f"{impl.name} DEL failed (exit {run.code}): {run.brief()}")
 
 
 # --- the measurements -------------------------------------------------------------------
@@ -246,18 +90,21 @@ class Bench:
         return add.ms, delete.ms
 
     def run_mode(self, mode: str) -> list[PairSeries]:
-        series = {impl.name: PairSeries(impl.name, mode) for impl in self.impls}
+        impls = [impl for impl in self.impls if mode in impl.modes]
+        series = {impl.name: PairSeries(impl.name, mode) for impl in impls}
         for i in range(self.warmup + self.pairs):
-            order = self.impls if i % 2 == 0 else list(reversed(self.impls))
+            order = impls if i % 2 == 0 else list(reversed(impls))
             for impl in order:
                 add, delete = self.one_pair(impl, mode)
                 if i >= self.warmup:
                     series[impl.name].add.append(add)
                     series[impl.name].delete.append(delete)
             progress(f"{mode}: pair {i + 1}/{self.warmup + self.pairs}")
-        return [series[impl.name] for impl in self.impls]
+        return [series[impl.name] for impl in impls]
 
     def run_pairs(self) -> list[PairSeries]:
+        if not self.pairs:
+            return []
         return [s for mode in self.modes for s in self.run_mode(mode)]
 
 
@@ -272,18 +119,23 @@ def repeat(argv: list[str], env: dict[str, str], stdin: bytes, count: int) -> li
 
 
 def start_label(impl: Impl, binary: Path) -> str:
-    """tartan-bridge, tartan-ipam, reference bridge, reference host-local."""
+    """tartan-bridge, tartan-ipam, reference bridge, reference host-local, bundle tartan..."""
+    if impl.name in cni_agent.BUNDLE_IMPLS:
+        return f"bundle {binary.name}"
     return binary.name if binary.name.startswith(impl.name) else f"{impl.name} {binary.name}"
 
 
 def measure_starts(impls: Sequence[Impl], count: int) -> list[StartSeries]:
-    """exec + VERSION of every plugin binary, and Python's floor."""
-    out = []
+    """exec + VERSION of every plugin binary (once each), and Python's floor."""
+    out: dict[str, StartSeries] = {}
     version_stdin = json.dumps({"cniVersion": CNI_VERSION}).encode()
     for impl in impls:
         for binary in (impl.plugin, impl.ipam_binary()):
-            samples = repeat([str(binary)], cni_env(impl, "VERSION"), version_stdin, count)
-            out.append(StartSeries(f"{start_label(impl, binary)} exec+VERSION", samples))
+            label = f"{start_label(impl, binary)} exec+VERSION"
+            if label not in out:
+                samples = repeat([str(binary)], cni_env(impl, "VERSION"), version_stdin, count)
+                out[label] = StartSeries(label, samples)
+    out = list(out.values())
     floor = [sys.executable, "-I", "-S", "-c", "pass"]
     out.append(StartSeries("python -I -S -c pass", repeat(floor, {}, b"", count)))
     return out
@@ -319,19 +171,35 @@ def _choices(allowed: Sequence[str]):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=40, help="measured ADD+DEL pairs per "
-                   "implementation and mode (default 40)")
+                   "implementation and mode (default 40; 0 with --concurrency or --memory "
+                   "measures only those)")
     p.add_argument("--warmup", type=int, default=1, help="uncounted pairs first (default 1)")
     p.add_argument("--modes", type=_choices(MODES), default=list(MODES),
                    help="masq,nomasq (default both)")
-    p.add_argument("--impl", type=_choices(IMPLS), default=list(IMPLS),
-                   help="tartan,reference (default both)")
+    p.add_argument("--impl", type=_choices(IMPLS), default=["tartan", "reference"],
+                   help=f"any of {','.join(IMPLS)} (default tartan,reference)")
+    p.add_argument("--meta", action="store_true", help="also the `tartan` meta plugin with "
+                   "the agent up (= --impl ...,tartan-meta; measured in nomasq only)")
     p.add_argument("--tartan-ipam", default="tartan-ipam",
                    help="IPAM type for Tartan (default tartan-ipam; host-local to bench "
                    "tartan-bridge alone)")
+    p.add_argument("--concurrency", type=int, default=0, metavar="N",
+                   help="also N concurrent ADDs then N concurrent DELs: pods per second")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --concurrency per "
+                   "implementation and mode (default 3)")
+    p.add_argument("--memory", type=int, default=0, metavar="PAIRS",
+                   help="also the CNI server's VmRSS/VmHWM over PAIRS tartan-agent pairs, "
+                   "sampled every 100")
     p.add_argument("--report", type=Path, help="write a Markdown report (and a PNG next to it)")
     args = p.parse_args(argv)
-    if args.pairs < 2 or args.warmup < 0:
-        p.error("--pairs must be at least 2 and --warmup at least 0")
+    if args.meta and "tartan-meta" not in args.impl:
+        args.impl.append("tartan-meta")
+    extra = args.concurrency or args.memory
+    if (args.pairs < 2 and not (args.pairs == 0 and extra)) or args.warmup < 0:
+        p.error("--pairs must be at least 2 (or 0 with --concurrency/--memory) and --warmup "
+                "at least 0")
+    if args.concurrency < 0 or args.memory < 0 or args.rounds < 1:
+        p.error("--concurrency and --memory must be positive, --rounds at least 1")
     return args
 
 
@@ -351,40 +219,113 @@ def preflight(impls: Sequence[Impl]) -> None:
                                  f"{reply.brief()}{hint}")
 
 
+def make_impls(names: Sequence[str], tartan_ipam: str, work: Path) -> list[Impl]:
+    """The implementations asked for; the bundle's are skipped when it is not built."""
+    known = {
+        "tartan": Impl("tartan", VENV_BIN / "tartan-bridge", tartan_ipam,
+                       (VENV_BIN, REFERENCE_DIR), "tartan0", "10.250.0.0/24"),
+        "reference": Impl("reference", REFERENCE_DIR / "bridge", "host-local",
+                          (REFERENCE_DIR,), "refbr0", "10.250.1.0/24"),
+    }
+    bundled = [n for n in names if n in cni_agent.BUNDLE_IMPLS]
+    if bundled and not cni_agent.bundle_available():
+        cni_agent.warn(cni_agent.missing_bundle_message())
+    elif bundled:
+        known.update(cni_agent.bundle_impls(bundled, work))
+    impls = [known[n] for n in names if n in known]
+    if not impls:
+        raise BenchError("no implementation left to measure")
+    return impls
+
+
 def describe(impl: Impl) -> str:
-    return (f"{impl.name}: `{impl.plugin}` + `{impl.ipam}`, bridge `{impl.bridge}`, "
-            f"subnet {impl.subnet}")
+    plugin = f"`{impl.plugin}`"
+    if impl.name in cni_agent.BUNDLE_IMPLS:
+        plugin = f"`dist/tartan/tartan-cni` called as `{impl.plugin.name}`"
+    if impl.subnet_file:
+        return (f"{impl.name}: {plugin} (meta plugin, agent up) delegating to "
+                f"tartan-bridge + `{impl.ipam}`, bridge `{impl.bridge}`, subnet {impl.subnet} "
+                f"from `subnet.env` with FLANNEL_IPMASQ=true (so the delegate has no ipMasq)")
+    socket = dict(impl.env).get("TARTAN_CNI_SOCKET")
+    agent = ("" if socket is None else ", agent up" if impl.name in cni_agent.AGENT_IMPLS
+             else ", no agent (fallback)")
+    return (f"{impl.name}: {plugin} + `{impl.ipam}`, bridge `{impl.bridge}`, "
+            f"subnet {impl.subnet}{agent}")
 
 
-def measure(args: argparse.Namespace, impls: list[Impl]) -> tuple[list[PairSeries],
-                                                                   list[StartSeries]]:
+@dataclass
+class Measured:
+    results: list[PairSeries]
+    starts: list[StartSeries]
+    sections: list[Section]
+
+
+def measure(args: argparse.Namespace, impls: list[Impl], work: Path) -> Measured:
     """Make the node namespace, measure inside it, and remove every namespace made."""
     namespaces = Namespaces()
-    data_dir = Path(tempfile.mkdtemp(prefix="tartan-bench-"))
+    data_dir = work / "data"
+    data_dir.mkdir()
     starts_count = max(args.pairs, 20)
+    sections: list[Section] = []
     try:
         node = Path(namespaces.add("node")).name
         overhead = measure_netns_exec(node, starts_count)
-        with entered(node):
-            _ip("link", "set", "lo", "up")
+        with entered(node), ExitStack() as stack:
+            ip("link", "set", "lo", "up")
+            # Started here, the server shares this process's network and mount namespace.
+            server = None
+            if cni_agent.needs_agent(impls) or args.memory:
+                server = stack.enter_context(cni_agent.CniServer(work))
             starts = measure_starts(impls, starts_count)
             bench = Bench(impls, args.modes, args.pairs, args.warmup, namespaces, data_dir)
             results = bench.run_pairs()
+            if args.concurrency:
+                sections.append(concurrency_section(args, impls, bench))
+            if args.memory and server is not None:
+                sections.append(memory_section(args, impls, bench, server))
     finally:
         namespaces.remove_all()
-        shutil.rmtree(data_dir, ignore_errors=True)
         progress("")
-    return results, [*starts, overhead]
+    return Measured(results, [*starts, overhead], sections)
+
+
+def concurrency_section(args: argparse.Namespace, impls: list[Impl], bench: Bench) -> Section:
+    burst = Concurrency(impls, args.modes, args.concurrency, args.rounds, bench.namespaces,
+                        bench.data_dir, bench.one_pair)
+    rows = throughput_table(burst.run(progress))
+    note = (f"{args.concurrency} ADDs started at once (each its own pod namespace, made "
+            f"before timing), then their {args.concurrency} DELs at once; pods per second = "
+            f"{args.concurrency} / wall-clock seconds until the last exits, median of "
+            f"{args.rounds} rounds; implementations alternate round by round.")
+    return Section(f"{args.concurrency} concurrent ADDs, then DELs", rows, note)
+
+
+def memory_section(args: argparse.Namespace, impls: list[Impl], bench: Bench,
+                   server: cni_agent.CniServer) -> Section:
+    agent = next((i for i in impls if i.name == "tartan-agent"), None)
+    if agent is None:
+        raise BenchError("--memory needs tartan-agent (the bundle) among --impl")
+    samples = measure_memory(server, agent, args.modes, args.memory, bench.one_pair, progress)
+    note = (f"VmRSS and VmHWM (peak RSS) from /proc/<pid>/status of the CNI server "
+            f"(`python -m tartan.cni.server`, pid {server.pid}) over {args.memory} sequential "
+            f"tartan-agent ADD/DEL pairs ({', '.join(args.modes)} taking turns), sampled "
+            f"every 100 pairs.")
+    return Section(f"CNI server memory over {args.memory} ADD/DEL pairs",
+                   memory_table(samples), note)
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    impls = make_impls(args.impl, args.tartan_ipam)
-    preflight(impls)
-    results, starts = measure(args, impls)
+    work = Path(tempfile.mkdtemp(prefix="tartan-bench-"))
+    try:
+        impls = make_impls(args.impl, args.tartan_ipam, work)
+        preflight(impls)
+        measured = measure(args, impls, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return Outcome(
         command=shlex.join([sys.executable, *sys.argv]), cni_version=CNI_VERSION,
         warmup=args.warmup, pairs=args.pairs, setup=[describe(i) for i in impls],
-        results=results, starts=starts,
+        results=measured.results, starts=measured.starts, sections=measured.sections,
     )
 
 
@@ -406,12 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; its namespaces are removed", file=sys.stderr)
         return 130
-    print(plain(pair_table(outcome.results)))
-    print()
+    if outcome.results:
+        print(plain(pair_table(outcome.results)))
+        print()
     print(plain(start_table(outcome.starts)))
+    for section in outcome.sections:
+        print(f"\n{section.title}\n{plain(section.rows)}")
     if args.report:
         png = write_report(outcome, args.report)
-        print(f"\nreport: {args.report} (chart: {png})")
+        print(f"\nreport: {args.report}" + (f" (chart: {png})" if png else ""))
     return 0
 
 

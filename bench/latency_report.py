@@ -8,12 +8,21 @@ import platform
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from latency_stats import PairSeries, StartSeries, Stats, markdown, pair_table, start_table
 from pngchart import Bar, Panel, bar_chart
+
+
+@dataclass
+class Section:
+    """A further table of the report (concurrency, memory), with how it was measured."""
+
+    title: str
+    rows: list[list[str]]
+    note: str
 
 
 @dataclass
@@ -27,6 +36,7 @@ class Outcome:
     setup: list[str]  # one line per implementation
     results: list[PairSeries]
     starts: list[StartSeries]
+    sections: list[Section] = field(default_factory=list)
 
 
 def chart(results: Sequence[PairSeries], starts: Sequence[StartSeries], path: Path) -> None:
@@ -95,6 +105,12 @@ def report_text(outcome: Outcome, png_name: str) -> str:
     setup = "\n".join(f"- {line}" for line in outcome.setup)
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     method = METHOD.format(warmup=outcome.warmup, pairs=outcome.pairs)
+    pairs = ""
+    if outcome.results:
+        pairs = (f"## ADD and DEL\n\n{markdown(pair_table(outcome.results))}\n\n"
+                 f"![ADD and DEL medians]({png_name})\n\n")
+    sections = "".join(f"\n## {s.title}\n\n{s.note}\n\n{markdown(s.rows)}\n"
+                       for s in outcome.sections)
     return f"""# CNI ADD/DEL latency: Tartan against the reference plugins
 
 Date: {when}
@@ -113,24 +129,20 @@ ipMasq):
 
 {method}
 
-## ADD and DEL
-
-{markdown(pair_table(outcome.results))}
-
-![ADD and DEL medians]({png_name})
-
-## Process start
+{pairs}## Process start
 
 {markdown(start_table(outcome.starts))}
-"""
+{sections}"""
 
 
-def write_report(outcome: Outcome, path: Path) -> Path:
-    """Write the report at `path` and its chart next to it; returns the chart's path."""
+def write_report(outcome: Outcome, path: Path) -> Path | None:
+    """Write the report at `path` and, when there are pairs, its chart next to it; returns
+    the chart's path (None without pairs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     png = path.with_suffix(".png")
-    chart(outcome.results, outcome.starts, png)
+    if outcome.results:
+        chart(outcome.results, outcome.starts, png)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(report_text(outcome, png.name))
     tmp.replace(path)
-    return png
+    return png if outcome.results else None

@@ -49,12 +49,13 @@ class StartSeries:
     samples: list[float]
 
 
-def ratio(results: Sequence[PairSeries], mode: str) -> float | None:
-    """Tartan's pair median over the reference's, in one mode (None if either is missing)."""
+def ratio(results: Sequence[PairSeries], mode: str, impl: str = "tartan") -> float | None:
+    """A Tartan implementation's pair median over the reference's, in one mode (None if
+    either is missing)."""
     medians = {s.impl: Stats.of(s.pair).median for s in results if s.mode == mode}
-    if "tartan" not in medians or not medians.get("reference"):
+    if impl not in medians or impl == "reference" or not medians.get("reference"):
         return None
-    return medians["tartan"] / medians["reference"]
+    return medians[impl] / medians["reference"]
 
 
 def pair_table(results: Sequence[PairSeries]) -> list[list[str]]:
@@ -62,7 +63,7 @@ def pair_table(results: Sequence[PairSeries]) -> list[list[str]]:
              "pair p95", "Tartan/ref"]]
     for s in results:
         add, delete, pair = Stats.of(s.add), Stats.of(s.delete), Stats.of(s.pair)
-        r = ratio(results, s.mode) if s.impl == "tartan" else None
+        r = ratio(results, s.mode, s.impl)
         rows.append([s.impl, s.mode, *(f"{v:.1f}" for v in (add.median, add.p95, delete.median,
                                                               delete.p95, pair.median, pair.p95)),
                      f"{r:.2f}x" if r is not None else ""])
@@ -77,9 +78,22 @@ def start_table(starts: Sequence[StartSeries]) -> list[list[str]]:
     return rows
 
 
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell.rstrip("x") or "0")
+    except ValueError:
+        return False
+    return True
+
+
 def _left_columns(rows: list[list[str]]) -> int:
-    """Label columns (left-aligned) come first: two in the pair table, one otherwise."""
-    return 2 if len(rows[0]) > 3 else 1
+    """Label columns (left-aligned) come first: the leading columns that are not numbers."""
+    count = 0
+    for i in range(len(rows[0])):
+        if all(_numeric(r[i]) for r in rows[1:]):
+            break
+        count += 1
+    return count
 
 
 def plain(rows: list[list[str]]) -> str:
