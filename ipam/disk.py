@@ -234,9 +234,17 @@ class DiskStore:
                 earlier.append(ip)
         return earlier, orphans
 
+    def _remove_temp_files(self) -> None:
+        """Our own half-written files, left by a process killed between write and rename
+        (never an address: the next write replaces them). Hold the lock."""
+        for folder in (self.dir, self.dir / BOOT_DIR):
+            for leftover in folder.glob(".*.tmp") if folder.is_dir() else ():
+                _unlink(leftover)
+
     def release_stale(self) -> list[IPAddress]:
         """Release reservations made before this boot; returns them. Hold the lock."""
         earlier, orphans = self.stale()
+        self._remove_temp_files()
         for ip in orphans:
             self._unmark(ip)
         for ip in earlier:

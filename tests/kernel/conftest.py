@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,7 @@ class BridgeNet:
         folder = self.data_dir / self.config["name"]
         if not folder.exists():
             return []
-        return sorted(p.name for p in folder.iterdir() if p.is_file()
-                      and p.name != "lock" and not p.name.startswith("last_reserved"))
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and _is_ip(p.name))
 
     def host_veths(self) -> list[str]:
         return [name for name in self.host.links() if name.startswith("veth")]
@@ -78,6 +78,14 @@ class BridgeNet:
         saved = self.host.iptables_save("nat") + self.host.run(
             "ip6tables-save", "-t", "nat", check=False).stdout
         return [line for line in saved.splitlines() if "TARTAN" in line]
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def bridge_config(data_dir: Path, subnet: str = "10.250.0.0/24", **extra) -> dict:

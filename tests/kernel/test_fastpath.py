@@ -106,7 +106,15 @@ def test_fast_path_and_fallback_give_the_same_result_and_state(bridge_net, agent
     assert slow.ns.ping(fast_ip)
     for pod in (fast, slow):
         assert run_in_node(bridge_net, agent, "DEL", pod)[0] == 0
-    assert bridge_net.reservations() == [] and bridge_net.host_veths() == []
+    assert bridge_net.reservations() == []
+    leftovers = [p.name for p in (bridge_net.data_dir / bridge_net.config["name"]).iterdir()
+                 if p.name.endswith(".tmp")]
+    if leftovers:  # a write cut by the kill: the next ADD under the lock sweeps it
+        extra = PodRef(bridge_net.factory("tq"), unique("ctr-"))
+        assert run_in_node(bridge_net, agent, "ADD", extra)[0] == 0
+        assert run_in_node(bridge_net, agent, "DEL", extra)[0] == 0
+        assert not [p for p in (bridge_net.data_dir / bridge_net.config["name"]).iterdir()
+                    if p.name.endswith(".tmp")] and bridge_net.host_veths() == []
 
 
 def test_requests_really_go_through_the_agent(bridge_net, agent):
@@ -186,4 +194,12 @@ def test_killing_the_agent_mid_batch_leaves_no_half_made_pod(bridge_net, agent):
         # whatever happened, DEL (now in-process) cleans up
         assert run_in_node(bridge_net, agent, "DEL", pod)[0] == 0
     assert bridge_net.reservations() == []
+    leftovers = [p.name for p in (bridge_net.data_dir / bridge_net.config["name"]).iterdir()
+                 if p.name.endswith(".tmp")]
+    if leftovers:  # a write cut by the kill: the next ADD under the lock sweeps it
+        extra = PodRef(bridge_net.factory("tq"), unique("ctr-"))
+        assert run_in_node(bridge_net, agent, "ADD", extra)[0] == 0
+        assert run_in_node(bridge_net, agent, "DEL", extra)[0] == 0
+        assert not [p for p in (bridge_net.data_dir / bridge_net.config["name"]).iterdir()
+                    if p.name.endswith(".tmp")]
     assert bridge_net.host_veths() == []

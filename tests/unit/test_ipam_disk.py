@@ -207,3 +207,15 @@ def test_reboot_frees_a_full_range_for_the_allocator(tmp_path):
         lease, = allocator.allocate(sets, after, Attachment("new", "eth0"))
     assert lease.ip == ip("10.1.0.2")  # round robin wrapped after .6
     assert list(after.reservations().values()) == [Attachment("new", "eth0")]
+
+
+def test_temp_files_of_a_killed_writer_are_swept_under_the_lock(tmp_path):
+    store = store_at(tmp_path)
+    with store.lock():
+        store.reserve(A, ip("10.1.0.2"), 0)
+    leftover = store.dir / ".last_reserved_ip.0.tmp"
+    leftover.write_text("10.1.0.3")
+    with store.lock():
+        store.release_stale()
+    assert not leftover.exists()
+    assert (store.dir / "10.1.0.2").exists()
