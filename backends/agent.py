@@ -49,16 +49,19 @@ class StartupError(Exception):
 
 
 def open_store(args: argparse.Namespace):
-    if args.store.startswith("sqlite:"):
-        from tartan.ipam.lease_sqlite import SqliteLeaseStore
+    """The flags name a store; tartan.ipam.lease.open_store opens it."""
+    from tartan.ipam.lease import open_store as open_lease_store
 
-        return SqliteLeaseStore(Path(args.store.removeprefix("sqlite:")))
     if args.store == "etcd":
-        from tartan.ipam.lease_etcd import EtcdLeaseStore
-
-        endpoints = [e.strip() for e in args.etcd_endpoints.split(",") if e.strip()]
-        return EtcdLeaseStore(endpoints, prefix=args.etcd_prefix)
-    raise StartupError(f"--store {args.store!r}: use sqlite:/path/to/leases.db or etcd")
+        url = ",".join(e.strip() for e in args.etcd_endpoints.split(",") if e.strip())
+    elif args.store.startswith("sqlite:"):
+        url = args.store
+    else:
+        raise StartupError(f"--store {args.store!r}: use sqlite:/path/to/leases.db or etcd")
+    try:
+        return open_lease_store(url, prefix=args.etcd_prefix)
+    except ValueError as exc:
+        raise StartupError(f"--etcd-endpoints: {exc}") from None
 
 
 def load_network_config(store, path: Path | None):

@@ -147,4 +147,15 @@ def run_plugin(
     return PluginReply(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM (an agent leaves its datapath and exits), then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import pytest
 from bundle_kit import Staged
 from etcd_server import ETCD, EtcdServer
 
-from harness import Netns, PluginReply, plugin_dir, run_plugin, unique
+from harness import Netns, PluginReply, plugin_dir, run_plugin, stop_process, unique
 
 pytestmark = pytest.mark.kernel
 
@@ -137,13 +136,7 @@ class Agent:
         return self.node.run(str(plugin_dir() / "python"), "-c", code).stdout
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def nsenter(ns: Netns, argv: list[str]) -> list[str]:

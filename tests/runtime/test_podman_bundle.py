@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 import pytest
 from podman_env import PODMAN, RUNC, HostSnapshot, PodmanNet, free_port
 
-from harness import REFERENCE_CNI, Netns, make_netns, remove_netns
+from harness import REFERENCE_CNI, Netns, make_netns, remove_netns, stop_process
 
 pytestmark = pytest.mark.runtime
 
@@ -122,13 +121,7 @@ class Agent:
                 if "event=cni.request" in line and container in line]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture
