@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tartan.cni import errors, skel
+from tartan.cni import after_reply, errors, skel
 from tartan.cni.fastpath import (
     CALLER_NS,
     DECLINED,
@@ -175,37 +175,61 @@ class CniServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        def send(reply: skel.Reply) -> None:
+            conn.sendall(encode_reply(reply))
+            _drain(conn)
+
         with conn:
             conn.settimeout(READ_TIMEOUT)
             with contextlib.suppress(OSError):  # the plugin went away: nothing to tell it
-                conn.sendall(encode_reply(self._answer(conn)))
-                _drain(conn)
+                self._answer(conn, send)
 
-    def _answer(self, conn: socket.socket) -> skel.Reply:
+    def _answer(self, conn: socket.socket, send: Callable[[skel.Reply], None]) -> None:
         if peer_uid(conn) not in self.allowed:
             error = errors.InvalidEnv("the Tartan CNI socket serves root only")
             self.observe("", "", "", "refused", 0.0)
-            return skel.error_reply(error, b"")
+            send(skel.error_reply(error, b""))
+            return
         try:
             request = read_request(conn)
         except BadRequest as exc:
             self.observe("", "", "", f"code {exc.error.code}", 0.0)
-            return skel.error_reply(exc.error, b"")
+            send(skel.error_reply(exc.error, b""))
+            return
         except (OSError, ConnectionError, struct.error):
-            return skel.error_reply(errors.DecodeFailure("request was cut short"), b"")
-        return self.handle(request)
+            send(skel.error_reply(errors.DecodeFailure("request was cut short"), b""))
+            return
+        self.handle(request, send)
 
-    def handle(self, request: Request) -> skel.Reply:
+    def handle(self, request: Request,
+               send: Callable[[skel.Reply], None] = lambda _: None) -> skel.Reply:
+        """Run `request`, give `send` the reply, then finish the work its handlers deferred
+        (after_reply) before the next request for the same container may start."""
         if request.env.pop(CALLER_NS, None) != self.identity:
             self.observe(request.plugin, request.container, request.command, "declined", 0.0)
-            return skel.Reply(DECLINED, "")
+            reply = skel.Reply(DECLINED, "")
+            send(reply)
+            return reply
         started = time.perf_counter()
-        with self.locks.held(request.container or request.plugin):
-            reply = skel.run(self._plugins[request.plugin], request.env, request.stdin)
-        outcome = "ok" if reply.exit_code == 0 else _error_code(reply)
-        self.observe(request.plugin, request.container, request.command, outcome,
-                     time.perf_counter() - started)
+        with self.locks.held(request.container or request.plugin), \
+                after_reply.collecting() as pending:
+            try:
+                reply = skel.run(self._plugins[request.plugin], request.env, request.stdin)
+                outcome = "ok" if reply.exit_code == 0 else _error_code(reply)
+                self.observe(request.plugin, request.container, request.command, outcome,
+                             time.perf_counter() - started)
+                send(reply)
+            finally:
+                if pending:
+                    self._finish(request, pending)
         return reply
+
+    def _finish(self, request: Request, pending: list[after_reply.Work]) -> None:
+        started = time.perf_counter()
+        failures = after_reply.run(pending)
+        outcome = f"failed: {failures[0]}" if failures else "ok"
+        self.observe(request.plugin, request.container, f"{request.command}-after-reply",
+                     outcome, time.perf_counter() - started)
 
 
 def _error_code(reply: skel.Reply) -> str:

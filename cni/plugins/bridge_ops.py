@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from tartan.cni import after_reply
 from tartan.cni.errors import CheckMismatch, Gone, InvalidConfig
 from tartan.cni.ip import addr, link, netns, route
 from tartan.cni.ip.addr import Interface
@@ -144,19 +145,33 @@ def configure_container(container: IPRoute, iface: Link, result: Result,
         route.add(container, RouteSpec(dst=spec.dst, gw=spec.gw, oif=iface.index))
 
 
-def teardown_container(netns_path: str, ifname: str) -> list[Interface]:
-    """Delete the pod's interface (and so the veth pair); return the addresses it had."""
+def teardown_container(netns_path: str, ifname: str) -> None:
+    """Take the pod's interface down now and delete it (and so the veth pair) after the reply.
+
+    Down, the pod is off the bridge at once, so its address may be handed out again. The
+    deletion keeps the netlink socket it was looked up with: the socket holds the namespace,
+    so the index still names this pod's interface even if the runtime has let go of the path.
+    """
     try:
         container = netns.netlink(netns_path)
     except Gone:
-        return []
-    with container:
+        return
+    try:
         iface = link.get(container, ifname)
-        if iface is None:
-            return []
-        found = addr.list_(container, iface.index)
-        link.delete(container, ifname)
-        return found
+        if iface is not None:
+            link.set_down(container, iface.index)
+    except BaseException:
+        container.close()
+        raise
+    if iface is None:
+        container.close()
+        return
+    after_reply.later(lambda: _delete_and_close(container, iface.index))
+
+
+def _delete_and_close(ipr: IPRoute, index: int) -> None:
+    with ipr:
+        link.delete_index(ipr, index)
 
 
 def check_container(container: IPRoute, ifname: str, prev: Result) -> None:

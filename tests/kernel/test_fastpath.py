@@ -110,6 +110,48 @@ def test_fast_path_and_fallback_give_the_same_result_and_state(bridge_net, agent
     assert bridge_net.host_veths() == []
 
 
+def interface_up(pod: PodRef) -> bool:
+    out = pod.ns.run("ip", "-o", "link", "show", "dev", pod.ifname, check=False).stdout
+    return bool(out) and ",UP" in out.split(">")[0] + ","
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_del_through_the_agent_answers_with_the_pod_off_the_network_then_finishes(
+        bridge_net, agent):
+    pod = PodRef(bridge_net.factory("tp"), unique("ctr-"))
+    assert run_in_node(bridge_net, agent, "ADD", pod)[0] == 0
+    assert interface_up(pod)
+    assert run_in_node(bridge_net, agent, "DEL", pod)[0] == 0
+    assert served(agent)
+    # when DEL answers: the address is free and the pod's interface is down (or gone)
+    assert bridge_net.reservations() == []
+    assert not interface_up(pod)
+    # the veth pair's deletion, which the agent finishes after the reply
+    assert wait_until(lambda: bridge_net.host_veths() == [] and "eth0" not in pod.ns.links())
+
+
+def test_a_request_right_after_del_waits_for_the_agent_to_finish_it(bridge_net, agent):
+    """A runtime may ADD the same container into the same netns again at once: the ADD must
+    not find the interface the agent is still deleting."""
+    pod = PodRef(bridge_net.factory("tp"), unique("ctr-"))
+    for _ in range(3):
+        code, out = run_in_node(bridge_net, agent, "ADD", pod)
+        assert code == 0, out
+        assert pod.ns.ping("10.250.0.1")
+        assert run_in_node(bridge_net, agent, "DEL", pod)[0] == 0
+    assert served(agent)
+    assert wait_until(lambda: bridge_net.host_veths() == [])
+    assert bridge_net.reservations() == []
+
+
 def test_requests_really_go_through_the_agent(bridge_net, agent):
     pod = PodRef(bridge_net.factory("tp"), unique("ctr-"))
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": pod.container_id, "CNI_NETNS": pod.ns.path,
