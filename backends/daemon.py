@@ -73,7 +73,7 @@ class Agent:
     def _publish_lease(self) -> None:
         lease = self.lease
         content = subnetfile.SubnetFile(self.net.network, lease.subnet, self.backend.mtu(),
-                                        self.settings.ip_masq)
+                                        self.settings.ip_masq, self.backend.pod_gso_max_size())
         if subnetfile.write(self.settings.subnet_file, content):
             self.log.info("subnet_file.written", path=self.settings.subnet_file,
                           subnet=lease.subnet, mtu=self.backend.mtu())

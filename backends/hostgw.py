@@ -6,6 +6,7 @@ from pyroute2 import IPRoute
 
 from tartan.backends import routes
 from tartan.backends.registry import NodeInfo, PeerState, Report, register
+from tartan.cni.ip import gso
 from tartan.ipam.lease import Lease, LeaseAttrs
 from tartan.ipam.netconf import BackendConfig, NetworkConfig
 
@@ -39,6 +40,11 @@ class HostGw:
 
     def mtu(self) -> int:
         return self.conf.mtu or self.node.iface_mtu
+
+    def pod_gso_max_size(self) -> int:
+        # Pod traffic leaves only through the bridge and the uplink: when the operator has
+        # raised the uplink's IPv4 GSO limit (BIG TCP), pods may build packets that large.
+        return self.node.iface_gso_max if self.node.iface_gso_max > gso.LEGACY_MAX else 0
 
     def setup(self, own: Lease) -> None:
         return None

@@ -8,7 +8,7 @@ import socket
 from pyroute2 import IPRoute
 
 from tartan.backends.registry import NodeInfo
-from tartan.cni.ip import addr, link
+from tartan.cni.ip import addr, gso, link
 
 
 class NodeError(ValueError):
@@ -28,6 +28,7 @@ def discover(iface: str | None, public_ip: str | None) -> NodeInfo:
         if found is None:
             raise NodeError(f"--iface {iface}: no such interface")
         addresses = addr.list_(ipr, found.index, 4)
+        gso_max = gso.limits(found.index).gso_ipv4_max
     if not addresses:
         raise NodeError(f"interface {found.name} has no IPv4 address")
     if public_ip is None:
@@ -35,4 +36,5 @@ def discover(iface: str | None, public_ip: str | None) -> NodeInfo:
     else:
         ipaddress.ip_address(public_ip)
     return NodeInfo(iface=found.name, iface_index=found.index, iface_mtu=found.mtu,
-                    public_ip=public_ip, segments=tuple(a.network for a in addresses))
+                    public_ip=public_ip, segments=tuple(a.network for a in addresses),
+                    iface_gso_max=gso_max)

@@ -20,6 +20,7 @@ class NodeInfo:
     iface_mtu: int
     public_ip: str
     segments: tuple[ipaddress.IPv4Network, ...]  # the networks directly on the interface
+    iface_gso_max: int = 0  # its gso_ipv4_max_size (IPv4 BIG TCP when above 65536)
 
     def on_segment(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)
@@ -52,6 +53,10 @@ class Backend(Protocol):
     def lease_attrs(self) -> LeaseAttrs: ...
 
     def mtu(self) -> int: ...
+
+    def pod_gso_max_size(self) -> int:
+        """IPv4 BIG TCP size for pods, 0 for the kernel default (see cni/ip/gso.py)."""
+        ...
 
     def setup(self, own: Lease) -> None: ...
 

@@ -16,12 +16,16 @@ class SubnetFile:
     subnet: ipaddress.IPv4Network
     mtu: int
     ip_masq: bool
+    gso_max_size: int = 0  # Tartan's own variable, written only when set
 
     def render(self) -> str:
         # flannel writes the subnet's first address with the prefix (10.244.3.1/24).
         first = f"{self.subnet.network_address + 1}/{self.subnet.prefixlen}"
-        return (f"FLANNEL_NETWORK={self.network}\nFLANNEL_SUBNET={first}\n"
+        text = (f"FLANNEL_NETWORK={self.network}\nFLANNEL_SUBNET={first}\n"
                 f"FLANNEL_MTU={self.mtu}\nFLANNEL_IPMASQ={'true' if self.ip_masq else 'false'}\n")
+        if self.gso_max_size:
+            text += f"TARTAN_GSO_MAX_SIZE={self.gso_max_size}\n"
+        return text
 
 
 def write(path: Path, content: SubnetFile) -> bool:

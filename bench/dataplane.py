@@ -1,12 +1,14 @@
 """Data-plane benchmark on the namespace lab: throughput per backend and join convergence.
 
-    .venv/bin/python bench/dataplane.py [--seconds 4] [--rounds 3] [--report PATH]
+    .venv/bin/python bench/dataplane.py [--seconds 4] [--rounds 3] [--runs R,..] [--report PATH]
 
-For every backend a lab is brought up (tartanctl lab, SQLite store), and in the same run:
+For every run (vxlan, host-gw, directrouting, and host-gw over an underlay that takes BIG
+TCP packets, `lab up --big-tcp`) a lab is brought up (SQLite store), and in the same run:
 - pod -> pod TCP throughput across nodes (iperf3) against the underlay between the same two
   node namespaces, alternating round by round; DirectRouting is measured for a peer on the
   same segment (host-gw route) and one across the router (VXLAN), each against its underlay;
-- same-node pod -> pod (through the bridge) against a raw veth pair between two namespaces;
+- same-node pod -> pod (through the bridge) against a raw veth pair between two namespaces
+  with the kernel's defaults;
 - join convergence: a node joins; from the moment its lease exists in the store, every
   other node pings an address in the new subnet every 10 ms; the time to each node's first
   reply is measured (the address is put on the new node's loopback as soon as the lease
@@ -33,7 +35,9 @@ from tartan.debug.lab import Lab, UpOptions
 from tartan.debug.lab_state import LabState, Node, Pod
 from tartan.ipam.lease_sqlite import SqliteLeaseStore
 
-BACKENDS = ("vxlan", "host-gw", "directrouting")
+# A run: a lab's backend, and whether its underlay takes BIG TCP packets (--big-tcp).
+RUNS = {"vxlan": ("vxlan", False), "host-gw": ("host-gw", False),
+        "directrouting": ("directrouting", False), "host-gw+bigtcp": ("host-gw", True)}
 
 
 @dataclass
@@ -85,19 +89,19 @@ def first_pod(state: LabState, node: Node) -> Pod:
     return state.pods_of(node.name)[0]
 
 
-def cross_node_pairs(state: LabState, backend: str) -> list[tuple[str, str, Node, Node]]:
+def cross_node_pairs(state: LabState, run: str) -> list[tuple[str, str, Node, Node]]:
     one = state.nodes[0]
-    if backend != "directrouting":
-        return [(f"{backend}: pod -> pod across nodes", backend, one, state.nodes[1])]
+    if run != "directrouting":
+        return [(f"{run}: pod -> pod across nodes", run, one, state.nodes[1])]
     same = next(n for n in state.nodes[1:] if n.segment == one.segment)
     other = next(n for n in state.nodes[1:] if n.segment != one.segment)
     return [("directrouting, same segment (host-gw route)", "DR same segment", one, same),
             ("directrouting, across the router (vxlan)", "DR across router", one, other)]
 
 
-def throughput(state: LabState, backend: str, rounds: int, seconds: int) -> list[Pair]:
+def throughput(state: LabState, run: str, rounds: int, seconds: int) -> list[Pair]:
     out = []
-    for label, short, src, dst in cross_node_pairs(state, backend):
+    for label, short, src, dst in cross_node_pairs(state, run):
         pod_src, pod_dst = first_pod(state, src), first_pod(state, dst)
         out.append(measure_pair(Pair(label, short), (dst.netns, dst.ip, src.netns),
                                 (pod_dst.netns, pod_dst.ip, pod_src.netns), rounds, seconds))
@@ -117,11 +121,11 @@ def raw_veth() -> tuple[str, str]:
     return a, b
 
 
-def same_node(state: LabState, rounds: int, seconds: int) -> Pair:
+def same_node(state: LabState, run: str, rounds: int, seconds: int) -> Pair:
     p1, p2 = state.pods_of(state.nodes[0].name)[:2]
     a, b = raw_veth()
     try:
-        pair = Pair("same node: pod -> pod via the bridge", "same node",
+        pair = Pair(f"{run}: same node, pod -> pod via the bridge", f"{run} same node",
                     baseline_name="raw veth pair")
         return measure_pair(pair, (b, "192.0.0.202", a), (p2.netns, p2.ip, p1.netns),
                             rounds, seconds)
@@ -175,20 +179,21 @@ def join_convergence(lab: Lab, state: LabState, ttl: float = 24 * 3600.0) -> dic
 
 # ---------------------------------------------------------------------------- labs
 
-def lab_options(backend: str) -> UpOptions:
+def lab_options(run: str) -> UpOptions:
+    backend, big_tcp = RUNS[run]
     if backend == "host-gw":
-        return UpOptions(backend=backend, nodes=2, segments=1, pods_per_node=2)
+        return UpOptions(backend=backend, nodes=2, segments=1, pods_per_node=2, big_tcp=big_tcp)
     nodes = 3 if backend == "directrouting" else 2
     return UpOptions(backend=backend, nodes=nodes, segments=2, pods_per_node=2)
 
 
-def run_backend(backend: str, args: argparse.Namespace) -> tuple[list[Pair], dict[str, float]]:
-    lab = Lab(f"bench{backend.replace('-', '')[:7]}", say=lambda line: print(f"  {line}"))
+def run_backend(run: str, args: argparse.Namespace) -> tuple[list[Pair], dict[str, float]]:
+    name = "bench" + "".join(c for c in run if c.isalnum())[:7]
+    lab = Lab(name, say=lambda line: print(f"  {line}"))
     try:
-        state = lab.up(lab_options(backend))
-        pairs = throughput(state, backend, args.rounds, args.seconds)
-        if backend == "vxlan":
-            pairs.append(same_node(state, args.rounds, args.seconds))
+        state = lab.up(lab_options(run))
+        pairs = throughput(state, run, args.rounds, args.seconds)
+        pairs.append(same_node(state, run, args.rounds, args.seconds))
         convergence = join_convergence(lab, state)
         return pairs, convergence
     finally:
@@ -201,10 +206,10 @@ def table(pairs: list[Pair], joins: dict[str, dict[str, float]]) -> str:
     for p in pairs:
         rows.append(f"| {p.label} | {p.baseline_name} | {statistics.median(p.underlay):.2f} | "
                     f"{statistics.median(p.overlay):.2f} | {p.ratio * 100:.1f} % |")
-    rows += ["", "| backend | join convergence, slowest peer | every peer (s) |", "|---|---:|---|"]
-    for backend, res in joins.items():
+    rows += ["", "| lab | join convergence, slowest peer | every peer (s) |", "|---|---:|---|"]
+    for run, res in joins.items():
         each = ", ".join(f"{k} {v:.3f}" for k, v in sorted(res.items()))
-        rows.append(f"| {backend} | {max(res.values()):.3f} s | {each} |")
+        rows.append(f"| {run} | {max(res.values()):.3f} s | {each} |")
     return "\n".join(rows)
 
 
@@ -230,13 +235,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help=f"comma-separated, from {', '.join(RUNS)}")
     parser.add_argument("--report", type=Path)
     args = parser.parse_args()
     pairs, joins = [], {}
-    for backend in args.backends.split(","):
-        print(f"{backend}:", flush=True)
-        got, joins[backend] = run_backend(backend, args)
+    for run in args.runs.split(","):
+        if run not in RUNS:
+            parser.error(f"unknown run {run!r}: choose from {', '.join(RUNS)}")
+        print(f"{run}:", flush=True)
+        got, joins[run] = run_backend(run, args)
         pairs += got
     text = table(pairs, joins)
     print(text)

@@ -36,6 +36,7 @@ class UpOptions:
     pods_per_node: int = 2
     reconcile_interval: float = 5.0
     ready_timeout: float = 60.0
+    big_tcp: bool = False  # the underlay takes 192 KiB IPv4 packets, as a BIG TCP NIC would
 
 
 class Lab:
@@ -57,14 +58,14 @@ class Lab:
         self.say(f"lab {self.name}: {opts.nodes} nodes, backend {opts.backend}, store "
                  f"{opts.store}, in {self.dir}")
         state = LabState(self.name, opts.backend, opts.store, segments, opts.pods_per_node,
-                         opts.reconcile_interval)
+                         opts.reconcile_interval, big_tcp=opts.big_tcp)
         self._make_dir(state)
         if opts.backend == "host-gw" and segments > 1:
             self.say("note: host-gw needs every node on one L2 segment; peers on another "
                      "segment will be skipped")
         nets = ", ".join(str(plan.segment_network(s)) for s in range(1, segments + 1))
         self.say(f"[1/5] underlay: router {plan.router_netns(self.name)}, segment(s) {nets}")
-        lab_underlay.make_router(self.sys, self.name, segments)
+        lab_underlay.make_router(self.sys, self.name, segments, opts.big_tcp)
         self.say(f"[2/5] {opts.nodes} nodes (network + mount namespace each)")
         nodes = [self._add_node(state, i) for i in range(1, opts.nodes + 1)]
         self.say(f"[3/5] store: {opts.store}")
@@ -99,7 +100,7 @@ class Lab:
 
     def _add_node(self, state: LabState, index: int) -> Node:
         spec = plan.node_plan(self.name, index, state.segments)
-        lab_underlay.wire_node(self.sys, spec)
+        lab_underlay.wire_node(self.sys, spec, state.big_tcp)
         node = Node(spec.name, index, spec.segment, spec.ip, spec.netns)
         state.nodes.append(node)
         node.holder_pid = lab_underlay.start_holder(self.sys, spec.netns)

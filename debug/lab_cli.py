@@ -28,11 +28,14 @@ def _up_flags(p: argparse.ArgumentParser) -> None:
                    help="tartand's --reconcile-interval on every node (seconds)")
     p.add_argument("--ready-timeout", type=float, default=60.0,
                    help="seconds to wait for every node's /readyz")
+    p.add_argument("--big-tcp", action="store_true",
+                   help="underlay links take 192 KiB IPv4 packets (gso_ipv4_max_size), as a "
+                        "NIC with BIG TCP enabled would; host-gw pods then use it too")
 
 
 def _options(args: argparse.Namespace) -> UpOptions:
     return UpOptions(args.backend, args.store, args.nodes, args.segments, args.pods_per_node,
-                     args.reconcile_interval, args.ready_timeout)
+                     args.reconcile_interval, args.ready_timeout, args.big_tcp)
 
 
 def cmd_up(lab: Lab, args: argparse.Namespace) -> int:

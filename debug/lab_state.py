@@ -61,6 +61,7 @@ class LabState:
     segments: int
     pods_per_node: int
     reconcile_interval: float = 5.0
+    big_tcp: bool = False
     etcd_pid: int = 0
     nodes: list[Node] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tartan.cni.ip import gso
+from tartan.cni.ip.netns import entered
 from tartan.debug import lab_plan as plan
 from tartan.debug.lab_state import NODE_MOUNTS
 from tartan.debug.lab_sys import LabError, Sys, in_netns, in_node, netns_path
@@ -54,12 +57,25 @@ def sysctl(sys: Sys, netns: str, key: str, value: str) -> None:
     sys.run(in_netns(netns, ["sysctl", "-q", "-w", f"{key}={value}"]), what=f"{key} in {netns}")
 
 
-def make_router(sys: Sys, lab: str, segments: int) -> None:
+BIG_TCP_SIZE = 196608  # 192 KiB, the size Cilium's BIG TCP uses
+
+
+def big_tcp(netns: str, links: list[str]) -> None:
+    """Let `links` in `netns` carry IPv4 packets of BIG_TCP_SIZE (iproute2 6.1 cannot)."""
+    with entered(netns_path(netns)):
+        for name in links:
+            if not gso.set_ipv4_max(socket.if_nametoindex(name), BIG_TCP_SIZE):
+                raise LabError("--big-tcp: this kernel has no IPv4 BIG TCP (Linux 6.3+)")
+
+
+def make_router(sys: Sys, lab: str, segments: int, big: bool = False) -> None:
     router = plan.router_netns(lab)
     add_netns(sys, router)
     sysctl(sys, router, "net.ipv4.ip_forward", "1")
     for seg in range(1, segments + 1):
         add_segment(sys, router, seg)
+        if big:
+            big_tcp(router, [plan.bridge_name(seg), f"gw{seg}", f"gw{seg}p"])
 
 
 def add_segment(sys: Sys, router: str, seg: int) -> None:
@@ -73,7 +89,7 @@ def add_segment(sys: Sys, router: str, seg: int) -> None:
     sys.ip("link", "set", leg, "up", netns=router)
 
 
-def wire_node(sys: Sys, node: plan.NodePlan) -> None:
+def wire_node(sys: Sys, node: plan.NodePlan, big: bool = False) -> None:
     """The node's namespace, its veth to the segment, address and default route."""
     router = plan.router_netns(node.lab)
     add_netns(sys, node.netns)
@@ -84,6 +100,9 @@ def wire_node(sys: Sys, node: plan.NodePlan) -> None:
     sys.ip("addr", "add", str(node.address), "dev", "eth0", netns=node.netns)
     sys.ip("link", "set", "eth0", "up", netns=node.netns)
     sys.ip("route", "add", "default", "via", node.gateway, netns=node.netns)
+    if big:
+        big_tcp(plan.router_netns(node.lab), [node.router_port])
+        big_tcp(node.netns, ["eth0"])
 
 
 def start_holder(sys: Sys, netns: str, timeout: float = 5.0) -> int:

@@ -25,6 +25,7 @@ class BridgeConfig:
     hairpin_mode: bool = False
     promisc_mode: bool = False
     vlan: int = 0
+    gso_max_size: int = 0  # Tartan's: IPv4 BIG TCP on the pod's veth pair and the bridge
     dns: dict = field(default_factory=dict)
 
     @property
@@ -98,5 +99,6 @@ def parse(config: dict) -> BridgeConfig:
         hairpin_mode=_bool(config, "hairpinMode"),
         promisc_mode=_bool(config, "promiscMode"),
         vlan=vlan,
+        gso_max_size=_int(config, "gsoMaxSize", 65536, 524288),
         dns=dns,
     )

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import ipaddress
 import os
+import socket
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pyroute2 import IPRoute
 
 from tartan.cni import after_reply
 from tartan.cni.errors import CheckMismatch, Gone, InvalidConfig
-from tartan.cni.ip import addr, link, netns, route
+from tartan.cni.ip import addr, gso, link, netns, route
 from tartan.cni.ip.addr import Interface
 from tartan.cni.ip.link import Link
 from tartan.cni.ip.route import RouteSpec
@@ -71,8 +72,21 @@ def setup_veth(host: IPRoute, container: IPRoute, netns_path: str, conf: BridgeC
         link.set_hairpin(host, host_veth.index)
     if conf.vlan:
         link.set_port_vlan(host, host_veth.index, conf.vlan)
+    if conf.gso_max_size:
+        _big_tcp(netns_path, ifname, host_veth.index, bridge.index, conf.gso_max_size)
     link.set_up(host, host_veth.index)
     return Attachment(bridge, link.by_index(host, host_veth.index), link.require(container, ifname))
+
+
+def _big_tcp(netns_path: str, ifname: str, host_index: int, bridge_index: int,
+             size: int) -> None:
+    """Both ends of the pair (the pod's end sizes its TCP packets, the host's end takes them
+    towards the pod) and the bridge, for the node's own traffic to pods. The bridge is done
+    after the port joins it: a bridge without ports takes no more than 64 KiB."""
+    gso.set_ipv4_max(host_index, size)
+    gso.set_ipv4_max(bridge_index, size)
+    with netns.entered(netns_path):
+        gso.set_ipv4_max(socket.if_nametoindex(ifname), size)
 
 
 def fill_gateways(result: Result) -> None:

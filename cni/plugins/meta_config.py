@@ -44,6 +44,7 @@ class SubnetEnv:
     subnet: Interface
     mtu: int
     ipmasq: bool
+    gso_max_size: int = 0  # TARTAN_GSO_MAX_SIZE: IPv4 BIG TCP for pods, when tartand allows
 
 
 @dataclass
@@ -143,7 +144,16 @@ def parse_subnet_env(text: str, path: str) -> SubnetEnv:
         subnet=_subnet(path, found["FLANNEL_SUBNET"]),
         mtu=_mtu(path, found["FLANNEL_MTU"]),
         ipmasq=_ipmasq(path, found["FLANNEL_IPMASQ"]),
+        gso_max_size=_gso(path, found.get("TARTAN_GSO_MAX_SIZE", "")),
     )
+
+
+def _gso(path: str, value: str) -> int:
+    if not value:
+        return 0
+    if not value.isdigit() or not 65536 <= int(value) <= 524288:
+        raise _bad(path, "TARTAN_GSO_MAX_SIZE", value, "a size in bytes from 65536 to 524288")
+    return int(value)
 
 
 # -- the plugin's own config ----------------------------------------------------------
@@ -225,6 +235,8 @@ def build_delegate(conf: MetaConfig, env: SubnetEnv) -> dict:
         out.update(BRIDGE_DEFAULTS)
     out["ipMasq"] = not env.ipmasq  # when the agent masquerades, the bridge must not
     out["mtu"] = env.mtu
+    if env.gso_max_size and plugin_type == "tartan-bridge":
+        out["gsoMaxSize"] = env.gso_max_size
     out.update(copy.deepcopy({k: v for k, v in conf.delegate.items() if k != "ipam"}))
     out.update(copy.deepcopy(conf.passed))
     out["name"] = conf.name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import ipaddress
 import shlex
+import sys
 
 import pytest
 
@@ -144,6 +145,29 @@ def test_hairpin_and_promisc_modes(bridge_net):
     detail = bridge_net.host.run("ip", "-d", "link", "show", veth).stdout
     assert "hairpin on" in detail
     assert "PROMISC" in bridge_net.host.run("ip", "link", "show", "cni0").stdout
+
+
+def ipv4_gso_limits(ns, ifname: str) -> tuple[int, int]:
+    """gso_ipv4_max_size and gro_ipv4_max_size of a link (iproute2 6.1 does not print them)."""
+    probe = ("import socket,sys;from tartan.cni.ip import gso;"
+             "l=gso.limits(socket.if_nametoindex(sys.argv[1]));"
+             "print(l.gso_ipv4_max, l.gro_ipv4_max)")
+    out = ns.run(sys.executable, "-c", probe, ifname).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_gso_max_size_gives_the_pod_ipv4_big_tcp_on_both_ends_and_the_bridge(bridge_net):
+    if ipv4_gso_limits(bridge_net.host, "lo")[0] == 0:
+        pytest.skip("this kernel has no IPv4 BIG TCP (Linux 6.3+)")
+    pod = bridge_net.add(bridge_net.conf(gsoMaxSize=196608))
+    assert pod.reply.code == 0, pod.reply.stdout
+    veth = pod.reply.json["interfaces"][1]["name"]
+    assert ipv4_gso_limits(pod.ns, "eth0") == (196608, 196608)
+    assert ipv4_gso_limits(bridge_net.host, veth) == (196608, 196608)
+    assert ipv4_gso_limits(bridge_net.host, "cni0") == (196608, 196608)
+    assert pod.ns.ping("10.250.0.1")
+    plain = bridge_net.add()  # without the key: the kernel's default
+    assert plain.reply.code == 0 and ipv4_gso_limits(plain.ns, "eth0") == (65536, 65536)
 
 
 def kernel_has_bridge_vlan_filtering(ns) -> bool:

@@ -43,6 +43,8 @@ def test_undecodable_or_unversioned_config(bridge_net, stdin, code):
         ({"isGateway": "yes"}, "isGateway"),
         ({"bridge": "a-very-long-bridge-name"}, "bridge"),
         ({"name": "bad/name"}, "name"),
+        ({"gsoMaxSize": 1500}, "gsoMaxSize"),
+        ({"gsoMaxSize": "196608"}, "gsoMaxSize"),
     ],
 )
 def test_invalid_bridge_config_names_the_field(bridge_net, overrides, field):

@@ -7,6 +7,7 @@ tartand runs with --reconcile-interval 1.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -20,9 +21,13 @@ from lab_env import (
     subnet_of,
 )
 
+from tartan.cni.ip import gso
+from tartan.cni.ip.netns import entered
 from tartan.debug import lab_pods, lab_store
 from tartan.debug.lab import Lab, UpOptions
 from tartan.debug.lab_state import LabState
+from tartan.debug.lab_sys import netns_path
+from tartan.debug.lab_underlay import BIG_TCP_SIZE
 
 pytestmark = pytest.mark.kernel
 
@@ -131,5 +136,30 @@ def test_host_gw_skips_peers_on_another_segment():
         assert unreachable(lab, state) == [(a, b) for a, b in [
             ("node1-pod1", "node2-pod1"), ("node2-pod1", "node1-pod1"),
             ("node2-pod1", "node3-pod1"), ("node3-pod1", "node2-pod1")]]
+    finally:
+        down_clean(lab)
+
+
+def pod_gso(pod) -> int:
+    with entered(netns_path(pod.netns)):
+        return gso.limits(socket.if_nametoindex("eth0")).gso_ipv4_max
+
+
+@pytest.mark.parametrize("backend", ["host-gw", "vxlan"])
+def test_big_tcp_uplinks_give_host_gw_pods_big_packets_and_vxlan_pods_none(backend):
+    """Over an underlay that takes 192 KiB packets, host-gw pods get IPv4 BIG TCP; VXLAN pods
+    keep 64 KiB (the VXLAN device takes no more), and both still reach every pod."""
+    probe = gso.limits(socket.if_nametoindex("lo"))
+    if not probe.gso_ipv4_max:
+        pytest.skip("this kernel has no IPv4 BIG TCP (Linux 6.3+)")
+    lab = Lab(lab_name(), say=print)
+    try:
+        lab.up(UpOptions(backend, "sqlite", nodes=2, segments=1, pods_per_node=2,
+                         big_tcp=True))
+        state = lab.load()
+        want = BIG_TCP_SIZE if backend == "host-gw" else 65536
+        assert {pod.name: pod_gso(pod) for pod in state.pods} == {
+            pod.name: want for pod in state.pods}
+        assert unreachable(lab, state) == []
     finally:
         down_clean(lab)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import ipaddress
 
 from tartan.backends import log, masq, subnetfile
-from tartan.backends.hostgw import peer_route
+from tartan.backends.hostgw import HostGw, peer_route
 from tartan.backends.registry import NodeInfo
-from tartan.backends.vxlan import vtep_mac
+from tartan.backends.vxlan import Vxlan, vtep_mac
 from tartan.cni.ip.iptables import Iptables
 from tartan.cni.ip.iptables_backend import FakeIptables
 from tartan.ipam.lease import Lease, LeaseAttrs
+from tartan.ipam.netconf import BackendConfig, NetworkConfig
 
 NET = ipaddress.ip_network("10.244.0.0/16")
 OWN = ipaddress.ip_network("10.244.3.0/24")
@@ -32,6 +34,22 @@ def test_subnet_file_is_flannels_and_round_trips(tmp_path):
     assert not subnetfile.write(path, content)
     assert subnetfile.previous_subnet(path) == OWN
     assert list(path.parent.iterdir()) == [path]
+
+
+def test_subnet_file_names_big_tcp_only_when_the_backend_allows_it(tmp_path):
+    text = subnetfile.SubnetFile(NET, OWN, 1500, False, 196608).render()
+    assert text.endswith("FLANNEL_IPMASQ=false\nTARTAN_GSO_MAX_SIZE=196608\n")
+    assert "TARTAN" not in subnetfile.SubnetFile(NET, OWN, 1500, False, 0).render()
+
+
+def test_only_host_gw_over_a_big_tcp_uplink_gives_pods_big_packets():
+    big = dataclasses.replace(NODE, iface_gso_max=196608)
+    plain = dataclasses.replace(NODE, iface_gso_max=65536)
+    net = NetworkConfig(NET, 24, OWN, OWN, BackendConfig("host-gw"))
+    assert HostGw(net.backend, net, big).pod_gso_max_size() == 196608
+    assert HostGw(net.backend, net, plain).pod_gso_max_size() == 0
+    vx = NetworkConfig(NET, 24, OWN, OWN, BackendConfig("vxlan", direct_routing=True))
+    assert Vxlan(vx.backend, vx, big).pod_gso_max_size() == 0
 
 
 def test_previous_subnet_tolerates_missing_or_broken_files(tmp_path):

@@ -67,6 +67,9 @@ def test_ipmasq_accepts_go_booleans(value, expected):
     ("FLANNEL_MTU", "70000"),
     ("FLANNEL_MTU", "fourteen"),
     ("FLANNEL_IPMASQ", "yes"),
+    ("TARTAN_GSO_MAX_SIZE", "65535"),
+    ("TARTAN_GSO_MAX_SIZE", "1000000"),
+    ("TARTAN_GSO_MAX_SIZE", "big"),
 ])
 def test_malformed_value_names_the_file_and_variable(var, bad):
     lines = [line for line in FLANNEL.splitlines() if not line.startswith(var + "=")]
@@ -189,3 +192,12 @@ def test_building_does_not_change_the_config():
     build_delegate(conf, ENV)["ipam"]["dataDir"] = "/elsewhere"
     assert raw["delegate"] == {"ipam": {"dataDir": "/tmp/x"}}
     assert "ranges" not in conf.delegate["ipam"]
+
+
+def test_big_tcp_from_the_agent_reaches_tartan_bridge_only():
+    env = parse_subnet_env(FLANNEL + "TARTAN_GSO_MAX_SIZE=196608\n", "/f")
+    assert env.gso_max_size == 196608
+    assert build_delegate(parse(CONF), env)["gsoMaxSize"] == 196608
+    reference = dict(CONF, delegate={"type": "bridge"})
+    assert "gsoMaxSize" not in build_delegate(parse(reference), env)
+    assert "gsoMaxSize" not in build_delegate(parse(CONF), ENV)  # flannel's file: default
