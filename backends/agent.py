@@ -144,6 +144,8 @@ def serve_cni(agent, path: str, log: Log):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tartan.ipam.lease import StoreUnusable
+
     args = parse_args(argv)
     log = Log()
     stop = threading.Event()
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         server = serve(agent, args.http_addr)
         retrying(agent.start, stop, log)
         cni = serve_cni(agent, args.cni_socket, log) if args.cni_socket else None
-    except StartupError as exc:
+    except (StartupError, StoreUnusable) as exc:
         print(f"tartand: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the edge: one line, never a traceback

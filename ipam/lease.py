@@ -40,6 +40,11 @@ class StoreUnavailable(LeaseError):
     """The store cannot be reached or used now (etcd down, database locked, I/O error)."""
 
 
+class StoreUnusable(LeaseError):
+    """The store as configured can never work (a path that cannot be created or written, a
+    file that is not a database): waiting will not help, the configuration must change."""
+
+
 class SubnetsExhausted(LeaseError):
     """Every subnet in the configured range is leased."""
 

@@ -10,6 +10,7 @@ Every write bumps one revision counter; `wait` polls it, and expires due leases 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -26,12 +27,16 @@ from tartan.ipam.lease import (
     Lease,
     LeaseAttrs,
     StoreUnavailable,
+    StoreUnusable,
     poll_wait,
     renewed_expiration,
 )
 from tartan.ipam.netconf import WHOLE, decode_json
 
 DEFAULT_PATH = "/var/lib/tartan/leases.db"
+# Opening fails this way only when the path itself is wrong: no retry will fix it.
+_PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                               errno.EACCES, errno.EPERM, errno.EROFS})
 DEFAULT_BUSY_TIMEOUT = 5.0
 SCHEMA = """
 BEGIN IMMEDIATE;
@@ -83,8 +88,27 @@ class SqliteLeaseStore:
                     f"than {self.busy_timeout:g} s; retry, or find the stuck writer")
         return f"lease store {self.path} cannot be used: {text}"
 
-    @_translated
     def _connect(self) -> sqlite3.Connection:
+        try:
+            return self._open()
+        except OSError as exc:
+            if exc.errno in _PERMANENT_ERRNOS:
+                raise StoreUnusable(self._unusable(exc)) from None
+            raise StoreUnavailable(self.explain(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise StoreUnusable(self._unusable(exc)) from None
+            raise StoreUnavailable(self.explain(exc)) from None
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(self.explain(exc)) from None
+
+    def _unusable(self, exc: BaseException) -> str:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = getattr(exc, "filename", None) or self.path
+        return (f"lease store {self.path} cannot be used: {where}: {reason}; "
+                "pass --store sqlite:/a/writable/path.db")
+
+    def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,

@@ -268,6 +268,22 @@ def test_invalid_network_config_stops_the_agent_with_one_line(cluster, conf, fie
     assert not node.subnet_file.exists()
 
 
+@pytest.mark.parametrize("kind", ["path under /proc", "not a database"])
+def test_an_unusable_sqlite_store_stops_the_agent_with_one_line(cluster, kind):
+    """A store path that can never work is a configuration error: say so and stop, rather
+    than retrying forever as for a store that is down."""
+    path = Path("/proc/tartan-nowhere/leases.db")
+    if kind == "not a database":
+        path = cluster.tmp / "garbage.db"
+        path.write_bytes(b"not sqlite" * 100)
+    node = cluster.add_node(1)
+    cluster.start(node, None, "--store", f"sqlite:{path}")
+    assert node.proc.wait(timeout=15) == 2
+    err = node.log.read_text().strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "--store sqlite:" in err
+    assert not node.subnet_file.exists()
+
+
 def test_etcd_outage_keeps_the_datapath_and_recovers(cluster):
     cluster.start_etcd()
     a, b = two_vxlan_nodes(cluster)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lease_kit import FakeClock, attrs, net
 
-from tartan.ipam.lease import StoreUnavailable, open_store
+from tartan.ipam.lease import StoreUnavailable, StoreUnusable, open_store
 from tartan.ipam.lease_sqlite import DEFAULT_PATH, SqliteLeaseStore
 from tartan.ipam.netconf import NetConfError
 
@@ -50,17 +50,17 @@ def test_a_writer_holding_the_lock_too_long_makes_it_unavailable(tmp_path: Path)
         store.close()
 
 
-def test_a_file_that_is_not_a_database(tmp_path: Path):
+def test_a_file_that_is_not_a_database_is_unusable_not_unavailable(tmp_path: Path):
     path = tmp_path / "leases.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreUnavailable, match=f"lease store {path} cannot be used: file is "
-                                               "not a database"):
+    with pytest.raises(StoreUnusable, match=f"lease store {path} cannot be used: .*file is "
+                                            "not a database; pass --store"):
         SqliteLeaseStore(path)
 
 
-def test_a_path_that_cannot_be_made(tmp_path: Path):
+def test_a_path_that_cannot_be_made_is_unusable(tmp_path: Path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(StoreUnavailable, match="cannot be used"):
+    with pytest.raises(StoreUnusable, match="cannot be used: .*file: File exists; pass --store"):
         SqliteLeaseStore(tmp_path / "file" / "leases.db")
 
 
