@@ -85,13 +85,13 @@ demo: deps
 	$(VENV)/bin/tartanctl lab demo --nodes 3 --backend vxlan --store sqlite
 
 bench: deps bundle
-	$(PY) bench/cni_latency.py --pairs 30 --impl tartan-agent,reference,tartan-bundle-fallback \
+	$(PY) bench/cni_latency.py --pairs 30 --impl tartan-agent,reference,tartan-bundle-fallback --meta \
 		--report bench/reports/cni_latency.md
 	$(PY) bench/cni_latency.py --pairs 0 --impl tartan-agent,reference --concurrency 50 \
 		--rounds 3 --memory 1000 --report bench/reports/cni_load.md
 
 bench-dataplane: deps
-	$(PY) bench/dataplane.py --seconds 4 --rounds 3 --report bench/reports/dataplane.md
+	$(PY) bench/dataplane.py --seconds 5 --rounds 5 --report bench/reports/dataplane.md
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build dist *.egg-info

@@ -37,7 +37,13 @@ from pathlib import Path
 
 # Siblings in bench/ (on sys.path as the script's folder), standard library only.
 import cni_agent
-from cni_load import Concurrency, measure_memory, memory_table, throughput_table
+from cni_load import (
+    Concurrency,
+    measure_memory,
+    memory_table,
+    startup_ceiling,
+    throughput_table,
+)
 from cni_run import (
     CNI_VERSION,
     PLUGIN_PATH,
@@ -292,11 +298,16 @@ def measure(args: argparse.Namespace, impls: list[Impl], work: Path) -> Measured
 def concurrency_section(args: argparse.Namespace, impls: list[Impl], bench: Bench) -> Section:
     burst = Concurrency(impls, args.modes, args.concurrency, args.rounds, bench.namespaces,
                         bench.data_dir, bench.one_pair)
-    rows = throughput_table(burst.run(progress))
+    results = burst.run(progress)
+    ceilings = {i.name: startup_ceiling(i, args.concurrency, args.rounds) for i in impls}
+    rows = throughput_table(results, ceilings)
     note = (f"{args.concurrency} ADDs started at once (each its own pod namespace, made "
             f"before timing), then their {args.concurrency} DELs at once; pods per second = "
             f"{args.concurrency} / wall-clock seconds until the last exits, median of "
-            f"{args.rounds} rounds; implementations alternate round by round.")
+            f"{args.rounds} rounds; implementations alternate round by round. The start-up "
+            f"ceiling: {args.concurrency} execs of the same plugin answering VERSION (no "
+            f"kernel work, no agent) at once, twice, as pods per second: on this machine's "
+            f"{os.cpu_count()} cores, process start-up alone allows no more.")
     return Section(f"{args.concurrency} concurrent ADDs, then DELs", rows, note)
 
 

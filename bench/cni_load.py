@@ -97,16 +97,36 @@ class Concurrency:
         return out
 
 
-def throughput_table(results: Sequence[Throughput]) -> list[list[str]]:
-    rows = [["impl", "mode", "pods", "ADD pods/s", "DEL pods/s", "ADD+DEL pods/s", "vs ref"]]
+def throughput_table(results: Sequence[Throughput],
+                     ceilings: dict[str, float]) -> list[list[str]]:
+    rows = [["impl", "mode", "pods", "ADD pods/s", "DEL pods/s", "ADD+DEL pods/s", "vs ref",
+             "start-up ceiling pods/s"]]
     reference = {s.mode: s.rates()[2] for s in results if s.impl == "reference"}
     for s in results:
         add, delete, both = s.rates()
         ref = reference.get(s.mode)
         vs = f"{both / ref:.2f}x" if ref and s.impl != "reference" else ""
+        ceiling = ceilings.get(s.impl)
         rows.append([s.impl, s.mode, str(s.pods), f"{add:.1f}", f"{delete:.1f}", f"{both:.1f}",
-                     vs])
+                     vs, f"{ceiling:.1f}" if ceiling else ""])
     return rows
+
+
+def startup_ceiling(impl: Impl, pods: int, rounds: int) -> float:
+    """Pods per second that process start-up alone allows: `pods` execs of the plugin answering
+    VERSION (no kernel work, no agent) started at once, twice (the ADD and the DEL waves);
+    the median of `rounds`. No implementation can do ADD+DEL faster than this."""
+    waves = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _wave in range(2):
+            procs = [subprocess.Popen([str(impl.plugin)], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env=cni_env(impl, "VERSION")) for _ in range(pods)]
+            for proc in procs:
+                proc.wait(timeout=300)
+        waves.append(time.perf_counter() - start)
+    return pods / Stats.of(waves).median
 
 
 @dataclass

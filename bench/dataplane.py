@@ -38,6 +38,8 @@ from tartan.ipam.lease_sqlite import SqliteLeaseStore
 # A run: a lab's backend, and whether its underlay takes BIG TCP packets (--big-tcp).
 RUNS = {"vxlan": ("vxlan", False), "host-gw": ("host-gw", False),
         "directrouting": ("directrouting", False), "host-gw+bigtcp": ("host-gw", True)}
+SHORT = {"vxlan": "vxlan", "host-gw": "host-gw", "directrouting": "DR",
+         "host-gw+bigtcp": "big TCP"}  # chart labels
 
 
 @dataclass
@@ -92,7 +94,7 @@ def first_pod(state: LabState, node: Node) -> Pod:
 def cross_node_pairs(state: LabState, run: str) -> list[tuple[str, str, Node, Node]]:
     one = state.nodes[0]
     if run != "directrouting":
-        return [(f"{run}: pod -> pod across nodes", run, one, state.nodes[1])]
+        return [(f"{run}: pod -> pod across nodes", SHORT[run], one, state.nodes[1])]
     same = next(n for n in state.nodes[1:] if n.segment == one.segment)
     other = next(n for n in state.nodes[1:] if n.segment != one.segment)
     return [("directrouting, same segment (host-gw route)", "DR same segment", one, same),
@@ -125,7 +127,7 @@ def same_node(state: LabState, run: str, rounds: int, seconds: int) -> Pair:
     p1, p2 = state.pods_of(state.nodes[0].name)[:2]
     a, b = raw_veth()
     try:
-        pair = Pair(f"{run}: same node, pod -> pod via the bridge", f"{run} same node",
+        pair = Pair(f"{run}: same node, pod -> pod via the bridge", f"{SHORT[run]} same node",
                     baseline_name="raw veth pair")
         return measure_pair(pair, (b, "192.0.0.202", a), (p2.netns, p2.ip, p1.netns),
                             rounds, seconds)
