@@ -13,13 +13,23 @@ change something: the cheap proof that a caller's rules are canonical (neutron's
 
 Callers that own different chains never disturb each other: a payload names only what
 differs. Only the standard library is imported: this sits on the plugin's path.
+
+Group commit: in the agent, many requests apply at once (50 pods starting), and each
+read + restore pair costs two process starts and waits for the xtables lock. Callers of one
+table in one process therefore queue; whoever finds no read-modify-write in progress takes
+the whole queue, reads the table once, plans every caller's state against that one reading
+and sends the plans in one restore. Plans that touch the same chain or send the same line
+are not merged: those run alone after the batch. When a merged restore fails, every caller
+in it is run alone, so each gets its own error. A plugin process has one caller: nothing
+changes for it.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tartan.cni import errors
@@ -240,17 +250,30 @@ class Iptables:
         """Make the table match `state` with at most one restore; True when something changed.
 
         `live` lets a caller that already read the table (to decide what to delete) skip the
-        second read.
+        second read; without it, the read and the restore are shared with concurrent callers.
         """
+        if live is None:
+            return self.apply_with(state.name, lambda _: state)
+        return self._apply_alone(state, live)
+
+    def apply_with(self, table: str, build: Build) -> bool:
+        """Read `table`, let `build` make the state from that reading, apply it (group
+        commit: see the module's docstring). True when something changed."""
+        return _group(self, check_table(table)).submit(self, _Job(build))
+
+    def _apply_alone(self, state: Table, live: LiveTable) -> bool:
         lines = self.pending(state, live)
         if not lines:
             return False
         self._restore(state.name, lines)
+        self._verify(state)
+        return True
+
+    def _verify(self, state: Table) -> None:
         if self.verify and (left := self.pending(state)):
             raise errors.IptablesFailure(
                 f"{self.restore_cmd}: table {state.name} did not converge; a second pass would "
                 f"still send {len(left)} line(s): {left[0]}", "\n".join(left))
-        return True
 
     def _restore(self, table: str, lines: list[str]) -> None:
         """Send `lines` to `table` in one `iptables-restore --noflush --wait`."""
@@ -258,6 +281,133 @@ class Iptables:
         proc = self.runner([self.restore_cmd, "--noflush", "--wait"], "\n".join(payload) + "\n")
         if proc.returncode != 0:
             raise restore_error(self.restore_cmd, table, payload, proc.stderr)
+
+
+Build = Callable[[LiveTable], Table]
+
+
+@dataclass
+class _Job:
+    build: Build
+    state: Table | None = None
+    lines: list[str] = field(default_factory=list)
+    changed: bool = False
+    error: errors.CniError | None = None
+    done: bool = False
+
+    def result(self) -> bool:
+        if self.error is not None:
+            raise self.error
+        return self.changed
+
+
+class _Group:
+    """The queue of one table of one restore command in this process."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.cond = threading.Condition()
+        self.queue: list[_Job] = []
+        self.busy = False
+
+    def submit(self, ipt: Iptables, job: _Job) -> bool:
+        with self.cond:
+            self.queue.append(job)
+            while self.busy and not job.done:
+                self.cond.wait()
+            leader = not job.done
+            if leader:
+                self.busy = True
+                batch, self.queue = self.queue, []
+        if leader:
+            try:
+                _run_batch(ipt, self.table, batch)
+            except Exception as exc:  # a bug: every caller still gets an answer, an error
+                failure = errors.IptablesFailure(
+                    f"applying table {self.table} failed: {type(exc).__name__}: {exc}")
+                for each in batch:
+                    each.error = each.error or failure
+            finally:
+                with self.cond:
+                    for each in batch:
+                        each.done = True
+                    self.busy = False
+                    self.cond.notify_all()
+        return job.result()
+
+
+_groups: dict[tuple[str, str], _Group] = {}
+_groups_guard = threading.Lock()
+
+
+def _group(ipt: Iptables, table: str) -> _Group:
+    with _groups_guard:
+        return _groups.setdefault((ipt.restore_cmd, table), _Group(table))
+
+
+def _touched(lines: list[str]) -> tuple[set[str], set[str]]:
+    """The chains a plan declares or deletes, and its rule lines."""
+    chains = {line[1:].split()[0] for line in lines if line.startswith(":")}
+    chains |= {line.split()[1] for line in lines if line.startswith("-X ")}
+    return chains, {line for line in lines if line[:3] in ("-A ", "-D ", "-I ")}
+
+
+def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
+    try:
+        live = ipt.read(table)
+    except errors.CniError as exc:
+        for job in batch:
+            job.error = exc
+        return
+    merged, alone, chains, rules = [], [], set(), set()
+    for job in batch:
+        try:
+            job.state = job.build(live)
+            job.lines = plan(job.state, live)
+        except errors.CniError as exc:
+            job.error = exc
+            continue
+        own_chains, own_rules = _touched(job.lines)
+        if own_chains & chains or own_rules & rules:
+            alone.append(job)  # planned against a table another plan is about to change
+            continue
+        chains |= own_chains
+        rules |= own_rules
+        if job.lines:
+            merged.append(job)
+    if len(merged) > 1:
+        try:
+            ipt._restore(table, [line for job in merged for line in job.lines])
+        except errors.CniError:
+            alone, merged = merged + alone, []
+    for job in merged if len(merged) > 1 else []:
+        job.changed = True
+        _verify(ipt, job)
+    for job in alone + (merged if len(merged) == 1 else []):
+        _run_alone(ipt, table, job, reread=job not in merged)
+
+
+def _verify(ipt: Iptables, job: _Job) -> None:
+    try:
+        ipt._verify(job.state)
+    except errors.CniError as exc:
+        job.error = exc
+
+
+def _run_alone(ipt: Iptables, table: str, job: _Job, reread: bool) -> None:
+    """One caller on its own: re-read and re-build when the table may have moved on."""
+    try:
+        if reread:
+            live = ipt.read(table)
+            job.state = job.build(live)
+            job.lines = plan(job.state, live)
+        if job.lines:
+            ipt._restore(table, job.lines)
+            job.changed = True
+            ipt._verify(job.state)
+        job.error = None
+    except errors.CniError as exc:
+        job.error = exc
 
 
 def restore_error(cmd: str, table: str, payload: list[str], stderr: str) -> errors.IptablesFailure:

@@ -71,9 +71,8 @@ def setup(network: str, container_id: str, addresses: Iterable[Address], *,
     """
     changed = False
     for version, table in tables(network, container_id, addresses).items():
-        ipt = applier(version)
-        state, live = _with_stale_jumps(ipt, table)
-        changed |= ipt.apply(state, live)
+        changed |= applier(version).apply_with(
+            "nat", lambda live, table=table: _without_stale_jumps(table, live))
     return changed
 
 
@@ -91,9 +90,14 @@ def check(network: str, container_id: str, addresses: Iterable[Address], *,
 
 def _with_stale_jumps(ipt: Iptables, table: Table) -> tuple[Table, LiveTable]:
     live = ipt.read(table.name)
+    return _without_stale_jumps(table, live), live
+
+
+def _without_stale_jumps(table: Table, live: LiveTable) -> Table:
+    """`table`, also deleting jumps to its chain from addresses it no longer lists."""
     chain = table.chains[0].name
     stale = [rule for rule in live.jumps_to(chain) if rule not in table.rules]
-    return replace(table, delete_rules=tuple(stale)), live
+    return replace(table, delete_rules=tuple(stale))
 
 
 def teardown(network: str, container_id: str, *, applier: Applier = Iptables,
