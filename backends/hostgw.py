@@ -44,7 +44,8 @@ class HostGw:
     def pod_gso_max_size(self) -> int:
         # Pod traffic leaves only through the bridge and the uplink: when the operator has
         # raised the uplink's IPv4 GSO limit (BIG TCP), pods may build packets that large.
-        return self.node.iface_gso_max if self.node.iface_gso_max > gso.LEGACY_MAX else 0
+        size = min(self.node.iface_gso_max, gso.KERNEL_MAX)
+        return size if size > gso.LEGACY_MAX else 0
 
     def setup(self, own: Lease) -> None:
         return None

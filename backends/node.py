@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 
@@ -22,13 +23,22 @@ def _default_route_iface(ipr: IPRoute) -> int:
     raise NodeError("no default route to pick the external interface from: pass --iface")
 
 
+def _pod_traffic_gso_max(ipr: IPRoute, iface: int) -> int:
+    """The IPv4 GSO limit pod traffic meets on its way out: the smaller of --iface's (peers)
+    and the default route's device (masqueraded traffic), when they differ."""
+    devices = {iface}
+    with contextlib.suppress(NodeError):
+        devices.add(_default_route_iface(ipr))
+    return min(gso.limits(index).gso_ipv4_max for index in devices)
+
+
 def discover(iface: str | None, public_ip: str | None) -> NodeInfo:
     with IPRoute() as ipr:
         found = link.get(ipr, iface) if iface else link.by_index(ipr, _default_route_iface(ipr))
         if found is None:
             raise NodeError(f"--iface {iface}: no such interface")
         addresses = addr.list_(ipr, found.index, 4)
-        gso_max = gso.limits(found.index).gso_ipv4_max
+        gso_max = _pod_traffic_gso_max(ipr, found.index)
     if not addresses:
         raise NodeError(f"interface {found.name} has no IPv4 address")
     if public_ip is None:

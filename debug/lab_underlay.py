@@ -72,6 +72,10 @@ def make_router(sys: Sys, lab: str, segments: int, big: bool = False) -> None:
     router = plan.router_netns(lab)
     add_netns(sys, router)
     sysctl(sys, router, "net.ipv4.ip_forward", "1")
+    # Only a router leg answers ARP for its address. By default the segment bridge answers
+    # too, with the bridge's MAC, which changes when a node with a lower MAC joins: nodes
+    # that cached the old one lose their gateway (and the store) until the entry expires.
+    sysctl(sys, router, "net.ipv4.conf.all.arp_ignore", "1")
     for seg in range(1, segments + 1):
         add_segment(sys, router, seg)
         if big:

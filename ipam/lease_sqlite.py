@@ -96,7 +96,9 @@ class SqliteLeaseStore:
                 raise StoreUnusable(self._unusable(exc)) from None
             raise StoreUnavailable(self.explain(exc)) from None
         except sqlite3.DatabaseError as exc:
-            if "not a database" in str(exc) or "malformed" in str(exc):
+            # "unable to open database file": the folder refuses the -wal/-shm files
+            if any(text in str(exc) for text in ("not a database", "malformed", "unable to open",
+                                                   "readonly")):
                 raise StoreUnusable(self._unusable(exc)) from None
             raise StoreUnavailable(self.explain(exc)) from None
         except sqlite3.Error as exc:

@@ -24,6 +24,7 @@ RTM_NEWLINK, RTM_GETLINK, NLMSG_ERROR = 16, 18, 2
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 IFLA_TSO_MAX_SIZE, IFLA_GSO_IPV4_MAX_SIZE, IFLA_GRO_IPV4_MAX_SIZE = 59, 63, 64
 LEGACY_MAX = 65536  # what every device takes, and the default
+KERNEL_MAX = 524288  # GSO_MAX_SIZE: no device takes more
 _NLA_TYPE_MASK = 0x3FFF
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg

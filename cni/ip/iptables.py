@@ -26,6 +26,7 @@ changes for it.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import Counter
@@ -286,7 +287,7 @@ class Iptables:
 Build = Callable[[LiveTable], Table]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     build: Build
     state: Table | None = None
@@ -336,20 +337,53 @@ class _Group:
         return job.result()
 
 
-_groups: dict[tuple[str, str], _Group] = {}
+_groups: dict[tuple, _Group] = {}
 _groups_guard = threading.Lock()
 
 
 def _group(ipt: Iptables, table: str) -> _Group:
+    """Callers share a batch only when the batch runs exactly as each of them would: same
+    binaries, runner and verify flag, from the same network namespace (the leader's thread
+    runs the commands, and a thread may have entered another namespace)."""
+    netns = os.stat("/proc/thread-self/ns/net").st_ino
+    key = (ipt.restore_cmd, table, ipt.runner, ipt.verify, netns)
     with _groups_guard:
-        return _groups.setdefault((ipt.restore_cmd, table), _Group(table))
+        return _groups.setdefault(key, _Group(table))
 
 
-def _touched(lines: list[str]) -> tuple[set[str], set[str]]:
-    """The chains a plan declares or deletes, and its rule lines."""
-    chains = {line[1:].split()[0] for line in lines if line.startswith(":")}
-    chains |= {line.split()[1] for line in lines if line.startswith("-X ")}
-    return chains, {line for line in lines if line[:3] in ("-A ", "-D ", "-I ")}
+@dataclass
+class _Footprint:
+    """What a plan touches: chains it declares or deletes, chains its rules go into or jump
+    to, and its rule lines."""
+
+    owned: set[str] = field(default_factory=set)
+    used: set[str] = field(default_factory=set)
+    rules: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, lines: list[str]) -> _Footprint:
+        out = cls()
+        for line in lines:
+            if line.startswith(":"):
+                out.owned.add(line[1:].split()[0])
+            elif line.startswith("-X "):
+                out.owned.add(line.split()[1])
+            elif line[:3] in ("-A ", "-D ", "-I "):
+                out.rules.add(line)
+                tokens = split_args(line)
+                out.used.add(tokens[1])
+                if target := target_of(tuple(tokens[2:])):
+                    out.used.add(target)
+        return out
+
+    def collides(self, other: _Footprint) -> bool:
+        return bool(self.owned & (other.owned | other.used) or self.used & other.owned
+                    or self.rules & other.rules)
+
+    def add(self, other: _Footprint) -> None:
+        self.owned |= other.owned
+        self.used |= other.used
+        self.rules |= other.rules
 
 
 def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
@@ -359,7 +393,7 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
         for job in batch:
             job.error = exc
         return
-    merged, alone, chains, rules = [], [], set(), set()
+    merged, alone, taken = [], [], _Footprint()
     for job in batch:
         try:
             job.state = job.build(live)
@@ -367,12 +401,15 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
         except errors.CniError as exc:
             job.error = exc
             continue
-        own_chains, own_rules = _touched(job.lines)
-        if own_chains & chains or own_rules & rules:
+        except Exception as exc:  # noqa: BLE001 - one caller's bug is that caller's error
+            job.error = errors.IptablesFailure(
+                f"cannot plan table {table}: {type(exc).__name__}: {exc}")
+            continue
+        footprint = _Footprint.of(job.lines)
+        if footprint.collides(taken):
             alone.append(job)  # planned against a table another plan is about to change
             continue
-        chains |= own_chains
-        rules |= own_rules
+        taken.add(footprint)
         if job.lines:
             merged.append(job)
     if len(merged) > 1:
@@ -383,7 +420,9 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
     for job in merged if len(merged) > 1 else []:
         job.changed = True
         _verify(ipt, job)
-    for job in alone + (merged if len(merged) == 1 else []):
+    # A lone merged plan goes first: it was planned against the reading, which the others
+    # (re-read, re-planned) may change.
+    for job in (merged if len(merged) == 1 else []) + alone:
         _run_alone(ipt, table, job, reread=job not in merged)
 
 
@@ -408,6 +447,9 @@ def _run_alone(ipt: Iptables, table: str, job: _Job, reread: bool) -> None:
         job.error = None
     except errors.CniError as exc:
         job.error = exc
+    except Exception as exc:  # noqa: BLE001 - one caller's bug is that caller's error
+        job.error = errors.IptablesFailure(
+            f"cannot apply table {table}: {type(exc).__name__}: {exc}")
 
 
 def restore_error(cmd: str, table: str, payload: list[str], stderr: str) -> errors.IptablesFailure:

@@ -114,10 +114,15 @@ def gc(network: str, valid_container_ids: set[str], *, applier: Applier = Iptabl
     Returns the container ids whose masquerade was removed.
     """
     def collect(ipt: Iptables) -> set[str]:
-        live = ipt.read("nat")
-        stale = sorted(containers(live, network) - set(valid_container_ids))
-        ipt.apply(Table("nat", delete_chains=[chain_name(network, c) for c in stale]), live)
-        return set(stale)
+        found: set[str] = set()
+
+        def build(live: LiveTable) -> Table:
+            found.clear()  # a caller run again after the batch builds from a new reading
+            found.update(containers(live, network) - set(valid_container_ids))
+            return Table("nat", delete_chains=[chain_name(network, c) for c in sorted(found)])
+
+        ipt.apply_with("nat", build)
+        return found
 
     return set().union(*_each_family(families, applier, collect))
 

@@ -64,6 +64,26 @@ def test_a_path_that_cannot_be_made_is_unusable(tmp_path: Path):
         SqliteLeaseStore(tmp_path / "file" / "leases.db")
 
 
+def test_a_folder_that_refuses_the_journal_files_is_unusable(tmp_path: Path, monkeypatch):
+    """A writable file in a folder that is not: SQLite cannot make its -wal/-shm files
+    (root ignores folder permissions, so the error is simulated here)."""
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(sqlite3, "connect", refuse)
+    with pytest.raises(StoreUnusable, match="unable to open database file; pass --store"):
+        SqliteLeaseStore(tmp_path / "leases.db")
+
+
+def test_a_locked_database_at_open_is_retried_not_fatal(tmp_path: Path, monkeypatch):
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(sqlite3, "connect", locked)
+    with pytest.raises(StoreUnavailable, match="stayed locked"):
+        SqliteLeaseStore(tmp_path / "leases.db")
+
+
 def test_a_closed_store_is_unavailable(tmp_path: Path):
     store = SqliteLeaseStore(tmp_path / "leases.db")
     store.close()

@@ -48,6 +48,8 @@ def test_only_host_gw_over_a_big_tcp_uplink_gives_pods_big_packets():
     net = NetworkConfig(NET, 24, OWN, OWN, BackendConfig("host-gw"))
     assert HostGw(net.backend, net, big).pod_gso_max_size() == 196608
     assert HostGw(net.backend, net, plain).pod_gso_max_size() == 0
+    huge = dataclasses.replace(NODE, iface_gso_max=1 << 20)  # more than a pod may be given
+    assert HostGw(net.backend, net, huge).pod_gso_max_size() == 524288
     vx = NetworkConfig(NET, 24, OWN, OWN, BackendConfig("vxlan", direct_routing=True))
     assert Vxlan(vx.backend, vx, big).pod_gso_max_size() == 0
 

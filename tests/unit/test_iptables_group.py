@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tartan.cni import errors
+from tartan.cni.ip import iptables
 from tartan.cni.ip.iptables import Chain, Iptables, Rule, Table
 from tartan.cni.ip.iptables_backend import FakeIptables
 
@@ -35,6 +36,15 @@ class HeldFirstSave:
         return sum(argv[0].endswith("-save") for argv in self.fake.calls)
 
 
+def wait_queued(count: int) -> None:
+    """Until `count` callers wait in a queue behind the held batch."""
+    for _ in range(1000):
+        if sum(len(group.queue) for group in list(iptables._groups.values())) >= count:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{count} callers never queued")
+
+
 def pod_table(i: int, chain: str | None = None) -> Table:
     name = chain or f"TARTAN-POD{i}"
     return Table("nat", chains=[Chain(name, [("-j", "MASQUERADE")])],
@@ -53,8 +63,10 @@ def queued(runner: HeldFirstSave, tables: list[Table]) -> list:
     with ThreadPoolExecutor(len(tables)) as pool:
         first = pool.submit(apply, tables[0])
         assert runner.entered.wait(10)
-        rest = [pool.submit(apply, table) for table in tables[1:]]
-        threading.Event().wait(0.2)  # let them queue behind the held read
+        rest = []
+        for table in tables[1:]:  # one by one, so that the queue keeps this order
+            rest.append(pool.submit(apply, table))
+            wait_queued(len(rest))
         runner.release.set()
         return [first.result(), *(f.result() for f in rest)]
 
@@ -79,7 +91,7 @@ def test_without_verify_the_batch_is_one_save_and_one_restore():
         first = pool.submit(apply, pod_table(1))
         assert runner.entered.wait(10)
         rest = [pool.submit(apply, pod_table(i)) for i in range(2, 7)]
-        threading.Event().wait(0.2)
+        wait_queued(5)
         runner.release.set()
         assert first.result() and all(f.result() for f in rest)
     assert len(runner.fake.restores) == 2 and runner.saves() == 2
@@ -115,8 +127,52 @@ def test_a_failing_build_reaches_only_its_caller():
         assert runner.entered.wait(10)
         bad = pool.submit(ipt.apply_with, "nat", bad_build)
         good = pool.submit(ipt.apply, pod_table(2))
-        threading.Event().wait(0.2)
+        wait_queued(2)
         runner.release.set()
         assert first.result() and good.result()
         with pytest.raises(errors.IptablesFailure, match="cannot decide"):
             bad.result()
+
+
+def test_a_plan_using_a_chain_another_plan_deletes_runs_after_it():
+    runner = HeldFirstSave()
+    runner.fake.chains(4, "nat")["TARTAN-X"] = []
+    delete_x = Table("nat", delete_chains=["TARTAN-X"])
+    into_x = Table("nat", rules=[Rule("TARTAN-X", ("-j", "RETURN"))])
+    results = queued(runner, [pod_table(1), delete_x, into_x])
+    assert results[:2] == [True, True]
+    # it runs after the deletion, as if it had come second, and gets its own answer
+    assert isinstance(results[2], errors.IptablesFailure)
+    assert "TARTAN-X" not in runner.fake.chains(4, "nat")
+
+
+def test_a_bug_in_one_callers_build_is_that_callers_error_only():
+    runner = HeldFirstSave()
+
+    def buggy(live):
+        raise KeyError("oops")
+
+    with ThreadPoolExecutor(3) as pool:
+        ipt = Iptables(4, backend="nft", runner=runner)
+        first = pool.submit(ipt.apply, pod_table(1))
+        assert runner.entered.wait(10)
+        bad = pool.submit(ipt.apply_with, "nat", buggy)
+        good = pool.submit(ipt.apply, pod_table(2))
+        wait_queued(2)
+        runner.release.set()
+        assert first.result() and good.result()
+        with pytest.raises(errors.IptablesFailure, match="KeyError"):
+            bad.result()
+
+
+def test_callers_with_another_runner_are_not_held_by_this_batch():
+    held, other = HeldFirstSave(), FakeIptables()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(Iptables(4, backend="nft", runner=held).apply, pod_table(1))
+        assert held.entered.wait(10)
+        elsewhere = pool.submit(Iptables(4, backend="nft", runner=other).apply, pod_table(2))
+        assert elsewhere.result(timeout=10) is True  # done while the first is still held
+        held.release.set()
+        assert first.result() is True
+    assert "TARTAN-POD2" in other.chains(4, "nat") and "TARTAN-POD2" not in held.fake.chains(
+        4, "nat")
