@@ -115,11 +115,15 @@ def test_a_failing_merged_restore_gives_each_caller_its_own_answer():
     assert {"TARTAN-POD2", "TARTAN-POD3"} <= nat.keys()
 
 
-def test_a_failing_build_reaches_only_its_caller():
+@pytest.mark.parametrize(("failure", "reported"), [
+    (errors.IptablesFailure("cannot decide"), "cannot decide"),
+    (KeyError("oops"), "KeyError"),  # a bug in one caller is that caller's error only
+])
+def test_a_failing_build_reaches_only_its_caller(failure, reported):
     runner = HeldFirstSave()
 
     def bad_build(live):
-        raise errors.IptablesFailure("cannot decide")
+        raise failure
 
     with ThreadPoolExecutor(3) as pool:
         ipt = Iptables(4, backend="nft", runner=runner)
@@ -130,7 +134,7 @@ def test_a_failing_build_reaches_only_its_caller():
         wait_queued(2)
         runner.release.set()
         assert first.result() and good.result()
-        with pytest.raises(errors.IptablesFailure, match="cannot decide"):
+        with pytest.raises(errors.IptablesFailure, match=reported):
             bad.result()
 
 
@@ -144,25 +148,6 @@ def test_a_plan_using_a_chain_another_plan_deletes_runs_after_it():
     # it runs after the deletion, as if it had come second, and gets its own answer
     assert isinstance(results[2], errors.IptablesFailure)
     assert "TARTAN-X" not in runner.fake.chains(4, "nat")
-
-
-def test_a_bug_in_one_callers_build_is_that_callers_error_only():
-    runner = HeldFirstSave()
-
-    def buggy(live):
-        raise KeyError("oops")
-
-    with ThreadPoolExecutor(3) as pool:
-        ipt = Iptables(4, backend="nft", runner=runner)
-        first = pool.submit(ipt.apply, pod_table(1))
-        assert runner.entered.wait(10)
-        bad = pool.submit(ipt.apply_with, "nat", buggy)
-        good = pool.submit(ipt.apply, pod_table(2))
-        wait_queued(2)
-        runner.release.set()
-        assert first.result() and good.result()
-        with pytest.raises(errors.IptablesFailure, match="KeyError"):
-            bad.result()
 
 
 def test_callers_with_another_runner_are_not_held_by_this_batch():
