@@ -3,7 +3,6 @@ config, and one timed exec of a plugin as a runtime does it (env + config on std
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -16,12 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tartan.cni.ip import netns
+
 VENV_BIN = Path(sys.executable).parent
 REFERENCE_DIR = Path("/usr/lib/cni")
 NETNS_DIR = Path("/run/netns")
 CNI_VERSION = "1.0.0"  # the newest version both the reference v1.1.1 and Tartan speak
 PLUGIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-CLONE_NEWNET = 0x40000000
 
 
 class BenchError(Exception):
@@ -29,9 +29,6 @@ class BenchError(Exception):
 
 
 # --- namespaces -------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def ip(*args: str) -> None:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
@@ -49,30 +46,16 @@ def netns_del(name: str) -> None:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise BenchError(f"setns failed: {os.strerror(err)}")
-
-
 @contextmanager
 def entered(name: str) -> Iterator[None]:
     """Run the body (and every child it starts) inside network namespace `name`.
 
     Only the network namespace changes: the mount namespace stays the host's, so
-    `ip netns add` from inside still makes pod namespaces everyone can see.
+    `ip netns add` from inside still makes pod namespaces everyone can see. The bench is
+    one thread, so tartan's per-thread setns covers the children it starts.
     """
-    target = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-    origin = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(origin)
-    finally:
-        os.close(target)
-        os.close(origin)
+    with netns.entered(str(NETNS_DIR / name)):
+        yield
 
 
 @dataclass

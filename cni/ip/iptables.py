@@ -324,8 +324,7 @@ class _Group:
             try:
                 _run_batch(ipt, self.table, batch)
             except Exception as exc:  # a bug: every caller still gets an answer, an error
-                failure = errors.IptablesFailure(
-                    f"applying table {self.table} failed: {type(exc).__name__}: {exc}")
+                failure = _caller_error(self.table, exc)
                 for each in batch:
                     each.error = each.error or failure
             finally:
@@ -398,12 +397,8 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
         try:
             job.state = job.build(live)
             job.lines = plan(job.state, live)
-        except errors.CniError as exc:
-            job.error = exc
-            continue
         except Exception as exc:  # noqa: BLE001 - one caller's bug is that caller's error
-            job.error = errors.IptablesFailure(
-                f"cannot plan table {table}: {type(exc).__name__}: {exc}")
+            job.error = _caller_error(table, exc)
             continue
         footprint = _Footprint.of(job.lines)
         if footprint.collides(taken):
@@ -420,10 +415,12 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
     for job in merged if len(merged) > 1 else []:
         job.changed = True
         _verify(ipt, job)
-    # A lone merged plan goes first: it was planned against the reading, which the others
-    # (re-read, re-planned) may change.
-    for job in (merged if len(merged) == 1 else []) + alone:
-        _run_alone(ipt, table, job, reread=job not in merged)
+    # A lone merged plan goes first, on the reading it was planned against; the others are
+    # re-read and re-planned, as the table may have moved on.
+    for job in merged if len(merged) == 1 else []:
+        _run_alone(ipt, table, job, live)
+    for job in alone:
+        _run_alone(ipt, table, job, None)
 
 
 def _verify(ipt: Iptables, job: _Job) -> None:
@@ -433,23 +430,22 @@ def _verify(ipt: Iptables, job: _Job) -> None:
         job.error = exc
 
 
-def _run_alone(ipt: Iptables, table: str, job: _Job, reread: bool) -> None:
-    """One caller on its own: re-read and re-build when the table may have moved on."""
+def _run_alone(ipt: Iptables, table: str, job: _Job, live: LiveTable | None) -> None:
+    """One caller on its own, on `live` or (None) on a fresh reading."""
     try:
-        if reread:
+        if live is None:
             live = ipt.read(table)
             job.state = job.build(live)
-            job.lines = plan(job.state, live)
-        if job.lines:
-            ipt._restore(table, job.lines)
-            job.changed = True
-            ipt._verify(job.state)
+        job.changed = ipt._apply_alone(job.state, live)
         job.error = None
-    except errors.CniError as exc:
-        job.error = exc
     except Exception as exc:  # noqa: BLE001 - one caller's bug is that caller's error
-        job.error = errors.IptablesFailure(
-            f"cannot apply table {table}: {type(exc).__name__}: {exc}")
+        job.error = _caller_error(table, exc)
+
+
+def _caller_error(table: str, exc: Exception) -> errors.CniError:
+    if isinstance(exc, errors.CniError):
+        return exc
+    return errors.IptablesFailure(f"applying table {table} failed: {type(exc).__name__}: {exc}")
 
 
 def restore_error(cmd: str, table: str, payload: list[str], stderr: str) -> errors.IptablesFailure:

@@ -50,22 +50,24 @@ def _attrs(spec: RouteSpec) -> dict:
     return attrs
 
 
+def _failure(verb: str, spec: RouteSpec, exc: NetlinkError) -> KernelFailure:
+    via = f" via {spec.gw}" if spec.gw else ""
+    return KernelFailure(f"cannot {verb} route {spec.dst}{via}: {exc}")
+
+
 def add(ipr: IPRoute, spec: RouteSpec) -> None:
     try:
         ipr.route("add", **_attrs(spec))
     except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            return
-        via = f" via {spec.gw}" if spec.gw else ""
-        raise KernelFailure(f"cannot add route {spec.dst}{via}: {exc}") from None
+        if exc.code != errno.EEXIST:
+            raise _failure("add", spec, exc) from None
 
 
 def replace(ipr: IPRoute, spec: RouteSpec) -> None:
     try:
         ipr.route("replace", **_attrs(spec))
     except NetlinkError as exc:
-        via = f" via {spec.gw}" if spec.gw else ""
-        raise KernelFailure(f"cannot set route {spec.dst}{via}: {exc}") from None
+        raise _failure("set", spec, exc) from None
 
 
 def delete(ipr: IPRoute, spec: RouteSpec) -> None:

@@ -3,7 +3,7 @@
 ADD: bridge -> veth pair (peer straight into the pod's netns) -> IPAM -> gateway on the
 bridge -> pod addresses and routes -> forwarding -> masquerade. Every step that creates
 something registers its undo; the undos run unless ADD succeeds.
-DEL: IPAM release, pod interface, masquerade chain; "already gone" is success at each step,
+DEL: pod interface, IPAM release, masquerade chain; "already gone" is success at each step,
 and each step runs even when an earlier one failed.
 """
 
@@ -79,9 +79,10 @@ def cmd_del(args: skel.CmdArgs) -> None:
     from tartan.cni.plugins import bridge_ops as ops
 
     failures: list[errors.CniError] = []
-    steps = [lambda: _ipam("DEL", args, conf)]
-    if args.netns:
+    steps = []
+    if args.netns:  # first: once the pod is off the bridge its address may be reused
         steps.append(lambda: ops.teardown_container(args.netns, args.ifname))
+    steps.append(lambda: _ipam("DEL", args, conf))
     if conf.ip_masq:
         from tartan.cni.ip import masq
 
