@@ -12,7 +12,7 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
 	python3 util-linux
 
-SOURCES := $(shell find cni ipam backends debug -name '*.py' 2>/dev/null) pyproject.toml
+SOURCES := $(shell find kernel cni ipam backends debug -name '*.py' 2>/dev/null) pyproject.toml
 
 .PHONY: all deps apt venv demo test unit lint bench bench-dataplane clean bundle install uninstall
 

@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from tartan.backends import subnetfile
 from tartan.backends.log import Log
+from tartan.cni import subnet_env
 
 DEFAULT_SQLITE = "sqlite:/var/lib/tartan/leases.db"
 
@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="flannel net-conf.json, written into the store when it has none")
     p.add_argument("--iface", help="external interface (default: the default route's)")
     p.add_argument("--public-ip", help="this node's IP for peers (default: first on --iface)")
-    p.add_argument("--subnet-file", type=Path, default=subnetfile.DEFAULT_PATH)
+    p.add_argument("--subnet-file", type=Path, default=Path(subnet_env.DEFAULT_PATH))
     p.add_argument("--ip-masq", action="store_true",
                    help="masquerade pod traffic leaving the cluster network")
     p.add_argument("--http-addr", default="127.0.0.1:9808",

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tartan.backends import masq, subnetfile
+from tartan.backends import masq
 from tartan.backends.log import Log
 from tartan.backends.metrics import Metrics
 from tartan.backends.registry import Backend, NodeInfo, PeerState, Report
+from tartan.cni import subnet_env
 from tartan.ipam.lease import (
     Lease,
     LeaseError,
@@ -60,7 +61,7 @@ class Agent:
     # -- lease -------------------------------------------------------------------------
 
     def acquire(self) -> None:
-        previous = subnetfile.previous_subnet(self.settings.subnet_file)
+        previous = subnet_env.previous_subnet(self.settings.subnet_file)
         if self.lease is not None:
             previous = self.lease.subnet
         self.lease = self.manager.acquire(self.backend.lease_attrs(), previous)
@@ -72,9 +73,10 @@ class Agent:
 
     def _publish_lease(self) -> None:
         lease = self.lease
-        content = subnetfile.SubnetFile(self.net.network, lease.subnet, self.backend.mtu(),
-                                        self.settings.ip_masq, self.backend.pod_gso_max_size())
-        if subnetfile.write(self.settings.subnet_file, content):
+        content = subnet_env.SubnetEnv.for_lease(
+            self.net.network, lease.subnet, self.backend.mtu(), self.settings.ip_masq,
+            self.backend.pod_gso_max_size())
+        if subnet_env.write(self.settings.subnet_file, content):
             self.log.info("subnet_file.written", path=self.settings.subnet_file,
                           subnet=lease.subnet, mtu=self.backend.mtu())
         self.metrics.lease.clear()

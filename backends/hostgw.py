@@ -6,9 +6,9 @@ from pyroute2 import IPRoute
 
 from tartan.backends import routes
 from tartan.backends.registry import NodeInfo, PeerState, Report, register
-from tartan.cni.ip import gso
 from tartan.ipam.lease import Lease, LeaseAttrs
 from tartan.ipam.netconf import BackendConfig, NetworkConfig
+from tartan.kernel import gso
 
 
 def not_on_segment(peer: Lease, node: NodeInfo) -> str:

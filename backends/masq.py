@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tartan.cni.ip.iptables import Chain, Iptables, Rule, Table
+from tartan.kernel.iptables import Chain, Iptables, Rule, Table
 
 POSTROUTING_CHAIN = "TARTAN-POSTRTG"
 FORWARD_CHAIN = "TARTAN-FWD"

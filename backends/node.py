@@ -9,7 +9,7 @@ import socket
 from pyroute2 import IPRoute
 
 from tartan.backends.registry import NodeInfo
-from tartan.cni.ip import addr, gso, link
+from tartan.kernel import addr, gso, link
 
 
 class NodeError(ValueError):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pyroute2 import IPRoute
 
-from tartan.cni.ip import route
-from tartan.cni.ip.route import RouteSpec
+from tartan.kernel import route
+from tartan.kernel.route import RouteSpec
 
 PROTO_TARTAN = 152  # shown by `ip route` as "proto 152"
 

@@ -16,12 +16,12 @@ from pyroute2 import IPRoute
 from tartan.backends import routes
 from tartan.backends.hostgw import peer_route
 from tartan.backends.registry import NodeInfo, PeerState, Report, register
-from tartan.cni.ip import addr, link, neigh
-from tartan.cni.ip.link import Link
-from tartan.cni.ip.neigh import FdbEntry, Neighbour
-from tartan.cni.ip.route import RouteSpec
 from tartan.ipam.lease import Lease, LeaseAttrs
 from tartan.ipam.netconf import BackendConfig, NetworkConfig
+from tartan.kernel import addr, link, neigh
+from tartan.kernel.link import Link
+from tartan.kernel.neigh import FdbEntry, Neighbour
+from tartan.kernel.route import RouteSpec
 
 OVERHEAD = 50  # outer IPv4 + UDP + VXLAN headers
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tartan.cni.ip import netns
+from tartan.kernel import netns
 
 VENV_BIN = Path(sys.executable).parent
 REFERENCE_DIR = Path("/usr/lib/cni")

@@ -5,6 +5,17 @@ Codes 1-99 are the spec's; 100+ are Tartan's own (the spec reserves them for plu
 
 from __future__ import annotations
 
+from tartan.kernel.errors import (
+    IPTABLES_FAILURE,
+    KERNEL_FAILURE,
+    Gone,
+    IptablesFailure,
+    KernelFailure,
+    LinkGone,
+    NetnsGone,
+    TartanError,
+)
+
 # Spec codes (CNI 1.1.0, "Error" section).
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2
@@ -19,28 +30,19 @@ LIMITED_CONNECTIVITY = 51
 
 # Tartan's own codes.
 CHECK_MISMATCH = 100
-KERNEL_FAILURE = 101
-IPTABLES_FAILURE = 102
-DELEGATE_FAILURE = 103
+DELEGATE_FAILURE = 103  # 101 (kernel) and 102 (iptables) come with the kernel layer's errors
 
 
-class CniError(Exception):
-    """An error a plugin reports to its runtime."""
+# Every typed error is a CniError: the kernel layer's errors carry their codes too.
+CniError = TartanError
 
-    code = IO_FAILURE
 
-    def __init__(self, msg: str, details: str = "", code: int | None = None) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.details = details
-        if code is not None:
-            self.code = code
-
-    def to_dict(self, cni_version: str) -> dict:
-        out = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
-        if self.details:
-            out["details"] = self.details
-        return out
+def to_dict(exc: CniError, cni_version: str) -> dict:
+    """The spec's error JSON for `exc`."""
+    out = {"cniVersion": cni_version, "code": exc.code, "msg": exc.msg}
+    if exc.details:
+        out["details"] = exc.details
+    return out
 
 
 class IncompatibleVersion(CniError):
@@ -87,25 +89,10 @@ class CheckMismatch(CniError):
     code = CHECK_MISMATCH
 
 
-class KernelFailure(CniError):
-    code = KERNEL_FAILURE
-
-
-class IptablesFailure(CniError):
-    code = IPTABLES_FAILURE
-
-
 class DelegateFailure(CniError):
     code = DELEGATE_FAILURE
 
 
-class Gone(Exception):
-    """Something DEL wanted to remove is already gone; DEL treats this as success."""
-
-
-class NetnsGone(Gone):
-    pass
-
-
-class LinkGone(Gone):
-    pass
+# Re-exported: the kernel layer's errors, as CNI code sees them.
+__all__ = ["IPTABLES_FAILURE", "KERNEL_FAILURE", "Gone", "IptablesFailure", "KernelFailure",
+           "LinkGone", "NetnsGone", "TartanError"]

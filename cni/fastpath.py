@@ -25,6 +25,8 @@ import os
 import struct
 import sys
 
+from tartan.cni import registry
+
 MAGIC = b"TCNI1"
 SOCKET_PATH = "/run/tartan/cni.sock"
 CONNECT_TIMEOUT = 0.5
@@ -134,16 +136,11 @@ def relay(plugin: str, fallback) -> int:
     return fallback(stdin)
 
 
-def _in_process(module: str) -> object:
-    def run(stdin: bytes) -> int:
-        import importlib
+def in_process(plugin: str, stdin: bytes) -> int:
+    """The fallback: run the plugin in this process, on the same dispatcher the agent uses."""
+    from tartan.cni import skel
 
-        from tartan.cni import skel
-
-        plugin = importlib.import_module(module).PLUGIN
-        return skel.emit(skel.run(plugin, os.environ, stdin))
-
-    return run
+    return skel.emit(skel.run(registry.load(plugin), os.environ, stdin))
 
 
 def exec_full(plugin: str, executable: str, stdin: bytes) -> int:
@@ -158,25 +155,29 @@ def exec_full(plugin: str, executable: str, stdin: bytes) -> int:
     return 1  # not reached
 
 
-PLUGIN_NAMES = ("tartan", "tartan-bridge", "tartan-ipam")
-
-
 def bundle_main(full_executable: str) -> int:
     """The bundle's CNI entry: the role is the name it is called by (busybox style)."""
     role = os.path.basename(sys.argv[0])
-    if role not in PLUGIN_NAMES:
-        sys.stderr.write(f"tartan: called as {role!r}; link me as one of {PLUGIN_NAMES}\n")
+    if role not in registry.PLUGINS:
+        sys.stderr.write(f"tartan: called as {role!r}; link me as one of "
+                         f"{', '.join(registry.NAMES)}\n")
         return 1
     return relay(role, lambda stdin: exec_full(role, full_executable, stdin))
 
 
+def run_plugin(name: str) -> int:
+    """A console script's body: plugin `name`, agent first, in-process when it is not there."""
+    return relay(name, lambda stdin: in_process(name, stdin))
+
+
+# The console scripts in pyproject.toml (one function each, as entry points must be).
 def bridge() -> int:
-    return relay("tartan-bridge", _in_process("tartan.cni.plugins.bridge"))
+    return run_plugin("tartan-bridge")
 
 
 def ipam() -> int:
-    return relay("tartan-ipam", _in_process("tartan.ipam.plugin"))
+    return run_plugin("tartan-ipam")
 
 
 def meta() -> int:
-    return relay("tartan", _in_process("tartan.cni.plugins.meta"))
+    return run_plugin("tartan")

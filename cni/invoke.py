@@ -2,27 +2,21 @@
 
 The delegate is found by its `type` on CNI_PATH and run with the caller's environment, the
 command overridden, and the same network config on stdin. Its error JSON becomes a CniError
-with the delegate's own code. Tartan's own plugins (`IN_PROCESS`) are the exception to the
-exec: once found on CNI_PATH they run in this process through the same dispatcher, saving an
-interpreter start per delegation (so a wrapper script put in their place is not run).
+with the delegate's own code. Tartan's own plugins (`tartan.cni.registry`) are the exception
+to the exec: once found on CNI_PATH they run in this process through the same dispatcher,
+saving an interpreter start per delegation (so a wrapper script put in their place is not
+run).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 from collections.abc import Mapping
 
-from tartan.cni import errors
+from tartan.cni import errors, registry
 from tartan.cni.types import Result
-
-# Plugins that can be run in-process: type -> "module:attribute" of their skel.Plugin.
-IN_PROCESS = {
-    "tartan-ipam": "tartan.ipam.plugin:PLUGIN",
-    "tartan-bridge": "tartan.cni.plugins.bridge:PLUGIN",
-}
 
 
 def find_in_path(plugin_type: str, paths: list[str]) -> str:
@@ -43,9 +37,7 @@ def find_in_path(plugin_type: str, paths: list[str]) -> str:
 def _run_in_process(plugin_type: str, env: Mapping[str, str], stdin: bytes) -> tuple[int, str]:
     from tartan.cni import skel
 
-    module_name, _, attribute = IN_PROCESS[plugin_type].partition(":")
-    plugin = getattr(importlib.import_module(module_name), attribute)
-    reply = skel.run(plugin, env, stdin)
+    reply = skel.run(registry.load(plugin_type), env, stdin)
     return reply.exit_code, reply.stdout
 
 
@@ -84,7 +76,7 @@ def delegate(
     path = find_in_path(plugin_type, paths)
     child_env = dict(env)
     child_env["CNI_COMMAND"] = command
-    if plugin_type in IN_PROCESS:
+    if plugin_type in registry.PLUGINS:
         exit_code, stdout = _run_in_process(plugin_type, child_env, stdin)
     else:
         exit_code, stdout = _run_exec(path, child_env, stdin)

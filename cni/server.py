@@ -9,7 +9,6 @@ concurrently; requests for one container are serialised. A request the server ca
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import socket
 import stat
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tartan.cni import after_reply, errors, skel
+from tartan.cni import after_reply, errors, registry, skel
 from tartan.cni.fastpath import (
     CALLER_NS,
     DECLINED,
@@ -32,11 +31,6 @@ from tartan.cni.fastpath import (
     read_exact,
 )
 
-PLUGINS = {
-    "tartan": "tartan.cni.plugins.meta",
-    "tartan-bridge": "tartan.cni.plugins.bridge",
-    "tartan-ipam": "tartan.ipam.plugin",
-}
 READ_TIMEOUT = 10.0
 
 Observer = Callable[[str, str, str, str, float], None]  # plugin, container, command, outcome, s
@@ -107,7 +101,7 @@ def read_request(conn: socket.socket) -> Request:
     except UnicodeDecodeError:
         raise BadRequest(errors.DecodeFailure("request is not UTF-8")) from None
     stdin = _read_frame(conn, "config")
-    if plugin not in PLUGINS:
+    if plugin not in registry.PLUGINS:
         raise BadRequest(errors.InvalidEnv(f"unknown plugin {plugin!r}"))
     pairs = (item.partition("=") for item in env_block.split("\0") if item)
     return Request(plugin, {k: v for k, _, v in pairs}, stdin)
@@ -149,8 +143,8 @@ class CniServer:
         os.chmod(self.path, self.mode)
         sock.listen(128)
         self.sock = sock
-        for name, module in PLUGINS.items():  # import now: the first request pays nothing
-            self._plugins[name] = importlib.import_module(module).PLUGIN
+        for name in registry.NAMES:  # import now: the first request pays nothing
+            self._plugins[name] = registry.load(name)
         threading.Thread(target=self._accept, name="cni-accept", daemon=True).start()
 
     def _remove_stale_socket(self) -> None:

@@ -186,7 +186,7 @@ def _error_version(stdin: bytes) -> str:
 
 
 def error_reply(exc: errors.CniError, stdin: bytes) -> Reply:
-    return Reply(1, json.dumps(exc.to_dict(_error_version(stdin))))
+    return Reply(1, json.dumps(errors.to_dict(exc, _error_version(stdin))))
 
 
 def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> Reply:

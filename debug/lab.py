@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tartan.cni import registry
 from tartan.debug import lab_agents, lab_pods, lab_store, lab_underlay
 from tartan.debug import lab_plan as plan
 from tartan.debug import lab_state as files
@@ -271,7 +272,7 @@ class Lab:
 
 
 def _check_installed() -> None:
-    for exe in ("tartand", "tartan", "tartan-bridge", "tartan-ipam"):
+    for exe in ("tartand", *registry.NAMES):
         if not os.access(lab_agents.VENV_BIN / exe, os.X_OK):
             raise LabError(f"{lab_agents.VENV_BIN / exe} not found: run `make venv` first")
 

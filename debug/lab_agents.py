@@ -7,13 +7,13 @@ stderr (one structured line per event) goes to the node's tartand.log.
 
 from __future__ import annotations
 
-import ipaddress
 import sys as _sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tartan.cni import subnet_env
 from tartan.debug import lab_plan as plan
 from tartan.debug.lab_http import Unreachable, json_in, request_in
 from tartan.debug.lab_state import Node, node_dir, node_log, tail
@@ -98,14 +98,8 @@ def wait_ready(lab: str, nodes: list[Node], say: Callable[[str], None],
 
 def leased_subnet(lab: str, node: Node) -> str | None:
     """The node's subnet from its subnet.env (there also while its tartand is stopped)."""
-    path = node_dir(lab, node.name) / "run-tartan" / "subnet.env"
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return None
-    values = dict(line.split("=", 1) for line in lines if "=" in line)
-    subnet = values.get("FLANNEL_SUBNET")
-    return str(ipaddress.ip_interface(subnet).network) if subnet else None
+    subnet = subnet_env.previous_subnet(node_dir(lab, node.name) / "run-tartan" / "subnet.env")
+    return str(subnet) if subnet else None
 
 
 def knows_exactly(node: Node, subnets: set[str]) -> bool:

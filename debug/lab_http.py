@@ -8,9 +8,7 @@ belongs to the namespace of the thread that opens it); the calling thread never 
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import threading
 import urllib.error
 import urllib.request
@@ -18,10 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tartan.debug.lab_sys import netns_path
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
+from tartan.kernel import netns as kernel_netns
+from tartan.kernel.errors import Gone, KernelFailure
 
 # Never through a proxy from the environment: every address here is namespace-local.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -31,24 +27,14 @@ class Unreachable(Exception):
     """Nothing answered (refused, timed out, namespace gone)."""
 
 
-def _enter(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
-
-
 def call_in_netns(netns: str, fn: Callable[[], Any]) -> Any:
     """fn() in a new thread that lives in the named network namespace; its result."""
     box: dict[str, Any] = {}
 
     def body() -> None:
         try:
-            _enter(netns_path(netns))
-            box["result"] = fn()
+            with kernel_netns.entered(netns_path(netns)):
+                box["result"] = fn()
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
 
@@ -77,8 +63,8 @@ def request_in(netns: str, url: str, body: dict | None = None,
                timeout: float = 2.0) -> tuple[int, bytes]:
     try:
         return call_in_netns(netns, lambda: request(url, body, timeout))
-    except OSError as exc:
-        raise Unreachable(f"namespace {netns}: {exc.strerror or exc}") from None
+    except (Gone, KernelFailure) as exc:
+        raise Unreachable(f"namespace {netns}: {exc}") from None
 
 
 def json_in(netns: str, url: str, body: dict | None = None, timeout: float = 2.0) -> Any:

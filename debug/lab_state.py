@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tartan.debug.lab_plan import LAB_ROOT
+from tartan.kernel.files import write_atomic
 
 # (folder under the node dir, where it is mounted in the node's mount namespace)
 NODE_MOUNTS = (
@@ -104,10 +104,7 @@ def node_log(lab: str, node: str, root: Path = LAB_ROOT) -> Path:
 
 def save(state: LabState, root: Path = LAB_ROOT) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    path = state_path(state.name, root)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.to_json())
-    os.replace(tmp, path)
+    write_atomic(state_path(state.name, root), state.to_json())
 
 
 def load(name: str, root: Path = LAB_ROOT) -> LabState | None:

@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tartan.cni.ip import gso
-from tartan.cni.ip.netns import entered
 from tartan.debug import lab_plan as plan
 from tartan.debug.lab_state import NODE_MOUNTS
 from tartan.debug.lab_sys import LabError, Sys, in_netns, in_node, netns_path
+from tartan.kernel import gso
+from tartan.kernel.netns import entered
 
 MOUNTPOINTS_FILE = ".created-mountpoints.json"
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from tartan.cni import errors
 from tartan.ipam.ranges import IPAddress
 from tartan.ipam.store import Attachment
+from tartan.kernel.files import write_atomic
 
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 LINE_BREAK = "\r\n"  # host-local's separator; its DEL compares the whole content
@@ -56,12 +57,6 @@ def parse_holder(content: str) -> Attachment:
         return Attachment("", "")
     ifname = lines[1].strip() if len(lines) > 1 else ""
     return Attachment(lines[0].strip(), ifname)
-
-
-def _write_atomic(path: Path, content: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(content)
-    os.replace(tmp, path)
 
 
 def _unlink(path: Path) -> None:
@@ -146,7 +141,9 @@ class DiskStore:
             with os.fdopen(fd, "w", newline="") as out:
                 out.write(f"{owner.container_id.strip()}{LINE_BREAK}{owner.ifname}")
             self._mark(ip, owner)
-            _write_atomic(self.dir / f"{LAST_RESERVED_PREFIX}{range_id}", str(ip))
+            # Only the next allocation's starting point: a crash that loses it costs nothing.
+            write_atomic(self.dir / f"{LAST_RESERVED_PREFIX}{range_id}", str(ip),
+                         durable=False)
         except BaseException:
             self.release(ip)
             raise
@@ -201,7 +198,8 @@ class DiskStore:
         if not self.boot_id:
             return
         (self.dir / BOOT_DIR).mkdir(mode=0o755, exist_ok=True)
-        _write_atomic(self.dir / BOOT_DIR / str(ip), BootMark(self.boot_id, owner).render())
+        write_atomic(self.dir / BOOT_DIR / str(ip), BootMark(self.boot_id, owner).render(),
+                     durable=False)
 
     def _unmark(self, ip: IPAddress) -> None:
         _unlink(self.dir / BOOT_DIR / str(ip))

@@ -6,11 +6,8 @@ import importlib
 import os
 import sys
 
-PLUGINS = {
-    "tartan": "tartan.cni.plugins.meta",
-    "tartan-bridge": "tartan.cni.plugins.bridge",
-    "tartan-ipam": "tartan.ipam.plugin",
-}
+from tartan.cni import registry
+
 COMMANDS = {
     "tartand": "tartan.backends.agent",
     "tartanctl": "tartan.debug.ctl",
@@ -30,13 +27,13 @@ def restore_library_path() -> None:
 def main() -> int:
     role = os.path.basename(sys.argv[0])
     restore_library_path()
-    if role in PLUGINS:
+    if role in registry.PLUGINS:
         from tartan.cni import skel
 
-        return skel.main(importlib.import_module(PLUGINS[role]).PLUGIN)
+        return skel.main(registry.load(role))
     if role in COMMANDS:
         return importlib.import_module(COMMANDS[role]).main()
-    names = ", ".join([*PLUGINS, *COMMANDS])
+    names = ", ".join([*registry.NAMES, *COMMANDS])
     sys.stderr.write(f"tartan: called as {role!r}; link me as one of {names}\n")
     return 1
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -31,6 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def _plugin_names() -> tuple[str, ...]:
+    """The CNI names, from the source tree's registry (it imports nothing, so it loads
+    without the venv)."""
+    spec = importlib.util.spec_from_file_location("tartan_registry",
+                                                  HERE.parent / "cni" / "registry.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(module.NAMES)
+
+
 BUNDLE_DIR = "/opt/tartan"
 MANIFEST = f"{BUNDLE_DIR}/.installed"
 CNI_BIN = "/opt/cni/bin"
@@ -42,7 +56,7 @@ CNI_EXE = "tartan-cni"
 FULL_EXE = "tartan-full"
 LINKS = {
     **{f"{CNI_BIN}/{name}": f"{BUNDLE_DIR}/{CNI_EXE}"
-       for name in ("tartan", "tartan-bridge", "tartan-ipam")},
+       for name in _plugin_names()},
     **{f"{COMMAND_BIN}/{name}": f"{BUNDLE_DIR}/{FULL_EXE}" for name in ("tartand", "tartanctl")},
 }
 # Config files (installed path, source in packaging/): written only where none exists.

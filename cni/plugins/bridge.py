@@ -40,8 +40,8 @@ def _addresses(result: Result) -> list:
 
 def cmd_add(args: skel.CmdArgs) -> Result:
     conf = parse(args.config)
-    from tartan.cni.ip import netns, sysctl
     from tartan.cni.plugins import bridge_ops as ops
+    from tartan.kernel import netns, sysctl
 
     try:
         container = netns.netlink(args.netns)
@@ -65,7 +65,7 @@ def cmd_add(args: skel.CmdArgs) -> Result:
         for version in {a.version for a in _addresses(result)}:
             sysctl.enable_forwarding(version)
         if conf.ip_masq:
-            from tartan.cni.ip import masq
+            from tartan.cni.plugins import bridge_masq as masq
 
             masq.setup(conf.name, args.container_id, _addresses(result))
             undo.callback(ops.best_effort, masq.teardown, conf.name, args.container_id)
@@ -84,7 +84,7 @@ def cmd_del(args: skel.CmdArgs) -> None:
         steps.append(lambda: ops.teardown_container(args.netns, args.ifname))
     steps.append(lambda: _ipam("DEL", args, conf))
     if conf.ip_masq:
-        from tartan.cni.ip import masq
+        from tartan.cni.plugins import bridge_masq as masq
 
         steps.append(lambda: masq.teardown(conf.name, args.container_id))
     for step in steps:
@@ -101,8 +101,8 @@ def cmd_check(args: skel.CmdArgs) -> None:
     prev = args.prev_result()
     if prev is None:
         raise errors.InvalidConfig("CHECK needs prevResult in the config")
-    from tartan.cni.ip import netns
     from tartan.cni.plugins import bridge_ops as ops
+    from tartan.kernel import netns
 
     _ipam("CHECK", args, conf)
     try:
@@ -113,7 +113,7 @@ def cmd_check(args: skel.CmdArgs) -> None:
         ops.check_container(container, args.ifname, prev)
         ops.check_host(host, conf, prev)
     if conf.ip_masq:
-        from tartan.cni.ip import masq
+        from tartan.cni.plugins import bridge_masq as masq
 
         masq.check(conf.name, args.container_id, _addresses(prev))
 
@@ -130,7 +130,7 @@ def cmd_gc(args: skel.CmdArgs) -> None:
     valid = _valid_container_ids(args.config)
     _ipam("GC", args, conf)
     if conf.ip_masq:
-        from tartan.cni.ip import masq
+        from tartan.cni.plugins import bridge_masq as masq
 
         masq.gc(conf.name, valid)
 

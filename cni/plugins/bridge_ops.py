@@ -19,12 +19,12 @@ from pyroute2 import IPRoute
 
 from tartan.cni import after_reply
 from tartan.cni.errors import CheckMismatch, Gone, InvalidConfig
-from tartan.cni.ip import addr, gso, link, netns, route
-from tartan.cni.ip.addr import Interface
-from tartan.cni.ip.link import Link
-from tartan.cni.ip.route import RouteSpec
 from tartan.cni.plugins.bridge_config import BridgeConfig
 from tartan.cni.types import Result
+from tartan.kernel import addr, gso, link, netns, route
+from tartan.kernel.addr import Interface
+from tartan.kernel.link import Link
+from tartan.kernel.route import RouteSpec
 
 DEFAULT_ROUTE = {4: "0.0.0.0/0", 6: "::/0"}
 

@@ -14,18 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
-from tartan.cni import errors, invoke, skel
+from tartan.cni import errors, invoke, skel, subnet_env
 from tartan.cni.plugins.meta_config import (
     PASS_THROUGH,
     MetaConfig,
     build_delegate,
     parse,
-    read_subnet_file,
 )
 from tartan.cni.types import Result
+from tartan.kernel.files import write_atomic
 
 GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
@@ -47,30 +46,11 @@ class DelegateStore:
         """Write-then-rename: a crash leaves the old record or the new one, never half of one."""
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{container_id}.",
-                                       suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(config, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path(container_id))
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            self._sync_directory()
+            write_atomic(self.path(container_id), json.dumps(config), mode=0o600)
         except OSError as exc:
             raise errors.IOFailure(
                 f"cannot store the delegate config in dataDir {self.directory}: {exc}"
             ) from None
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def load(self, container_id: str) -> dict | None:
         """The stored config, or None when there is none or it cannot be used."""
@@ -113,7 +93,7 @@ def _invoke(command: str, args: skel.CmdArgs, delegate: dict) -> Result | None:
 
 def _rebuild(conf: MetaConfig) -> dict:
     """The delegate config from the current subnet file."""
-    return build_delegate(conf, read_subnet_file(conf.subnet_file))
+    return build_delegate(conf, subnet_env.read(conf.subnet_file))
 
 
 def _for_this_call(delegate: dict, args: skel.CmdArgs) -> dict:
@@ -187,7 +167,7 @@ def cmd_gc(args: skel.CmdArgs) -> None:
 def cmd_status(args: skel.CmdArgs) -> None:
     conf = parse(args.config)
     try:
-        env = read_subnet_file(conf.subnet_file)
+        env = subnet_env.read(conf.subnet_file)
     except errors.TryAgainLater:
         raise errors.PluginNotAvailable(
             f"subnet file {conf.subnet_file} does not exist: is tartand running?"

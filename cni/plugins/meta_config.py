@@ -1,18 +1,15 @@
-"""The `tartan` meta plugin's inputs: its own config, the agent's subnet file, and the
-delegate config built from the two (flannel's CNI plugin semantics).
-
-Standard library only: this is on the plugin's entry path.
-"""
+"""The `tartan` meta plugin's inputs: its own config, the agent's subnet file
+(`tartan.cni.subnet_env`), and the delegate config built from the two (flannel's CNI
+plugin semantics)."""
 
 from __future__ import annotations
 
 import copy
-import ipaddress
 from dataclasses import dataclass, field
 
-from tartan.cni import errors
+from tartan.cni import errors, subnet_env
+from tartan.cni.subnet_env import SubnetEnv
 
-DEFAULT_SUBNET_FILE = "/run/tartan/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/tartan"
 DEFAULT_DELEGATE = "tartan-bridge"
 DEFAULT_IPAM = "tartan-ipam"
@@ -28,132 +25,17 @@ BRIDGE_DEFAULTS = {
 }
 # Keys the runtime puts in the config for the plugin; the delegate needs them as they are.
 PASS_THROUGH = ("runtimeConfig", "capabilities", "args")
-REQUIRED_VARS = ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
-_TRUE = ("1", "t", "T", "true", "TRUE", "True")
-_FALSE = ("0", "f", "F", "false", "FALSE", "False")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-@dataclass(frozen=True)
-class SubnetEnv:
-    """What the agent wrote: the cluster network(s), this node's subnet, MTU, masquerading."""
-
-    networks: tuple[Network, ...]
-    subnet: Interface
-    mtu: int
-    ipmasq: bool
-    gso_max_size: int = 0  # TARTAN_GSO_MAX_SIZE: IPv4 BIG TCP for pods, when tartand allows
 
 
 @dataclass
 class MetaConfig:
     name: str
     cni_version: str
-    subnet_file: str = DEFAULT_SUBNET_FILE
+    subnet_file: str = subnet_env.DEFAULT_PATH
     data_dir: str = DEFAULT_DATA_DIR
     delegate: dict = field(default_factory=dict)
     ipam: dict = field(default_factory=dict)
     passed: dict = field(default_factory=dict)
-
-
-# -- the subnet file ------------------------------------------------------------------
-
-
-def read_subnet_file(path: str) -> SubnetEnv:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise errors.TryAgainLater(
-            f"subnet file {path} does not exist: is tartand running on this node?"
-        ) from None
-    except OSError as exc:
-        raise errors.IOFailure(f"cannot read subnet file {path}: {exc.strerror}") from None
-    return parse_subnet_env(text, path)
-
-
-def _unquote(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return value[1:-1].strip()
-    return value
-
-
-def subnet_variables(text: str) -> dict[str, str]:
-    """KEY=VALUE lines; blank lines, comments and lines without '=' are skipped."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("export "):
-            line = line[len("export "):]
-        key, sep, value = line.partition("=")
-        if sep and not line.startswith("#"):
-            out[key.strip()] = _unquote(value)
-    return out
-
-
-def _bad(path: str, var: str, value: str, want: str) -> errors.InvalidConfig:
-    return errors.InvalidConfig(
-        f"subnet file {path}: {var}={value!r} is not {want}; tartand writes this file, "
-        "check its configuration or restart it to rewrite the file"
-    )
-
-
-def _network(path: str, var: str, value: str) -> Network:
-    try:
-        return ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise _bad(path, var, value, "a CIDR such as 10.244.0.0/16") from None
-
-
-def _subnet(path: str, value: str) -> Interface:
-    try:
-        if "/" not in value:
-            raise ValueError(value)
-        return ipaddress.ip_interface(value)
-    except ValueError:
-        raise _bad(path, "FLANNEL_SUBNET", value, "a CIDR such as 10.244.1.1/24") from None
-
-
-def _mtu(path: str, value: str) -> int:
-    if not value.isdigit() or not 68 <= int(value) <= 65535:
-        raise _bad(path, "FLANNEL_MTU", value, "an MTU between 68 and 65535")
-    return int(value)
-
-
-def _ipmasq(path: str, value: str) -> bool:
-    if value not in _TRUE + _FALSE:
-        raise _bad(path, "FLANNEL_IPMASQ", value, "true or false")
-    return value in _TRUE
-
-
-def parse_subnet_env(text: str, path: str) -> SubnetEnv:
-    """flannel's subnet.env; FLANNEL_IPV6_* and unknown variables are ignored."""
-    found = subnet_variables(text)
-    missing = [var for var in REQUIRED_VARS if not found.get(var)]
-    if missing:
-        raise errors.InvalidConfig(
-            f"subnet file {path} is missing {', '.join(missing)}; tartand writes this file, "
-            "check that it is running and has leased a subnet"
-        )
-    networks = [part.strip() for part in found["FLANNEL_NETWORK"].split(",") if part.strip()]
-    return SubnetEnv(
-        networks=tuple(_network(path, "FLANNEL_NETWORK", n) for n in networks),
-        subnet=_subnet(path, found["FLANNEL_SUBNET"]),
-        mtu=_mtu(path, found["FLANNEL_MTU"]),
-        ipmasq=_ipmasq(path, found["FLANNEL_IPMASQ"]),
-        gso_max_size=_gso(path, found.get("TARTAN_GSO_MAX_SIZE", "")),
-    )
-
-
-def _gso(path: str, value: str) -> int:
-    if not value:
-        return 0
-    if not value.isdigit() or not 65536 <= int(value) <= 524288:
-        raise _bad(path, "TARTAN_GSO_MAX_SIZE", value, "a size in bytes from 65536 to 524288")
-    return int(value)
 
 
 # -- the plugin's own config ----------------------------------------------------------
@@ -195,7 +77,7 @@ def parse(config: dict) -> MetaConfig:
     return MetaConfig(
         name=name,
         cni_version=str(config.get("cniVersion")),
-        subnet_file=_path(config, "subnetFile", DEFAULT_SUBNET_FILE),
+        subnet_file=_path(config, "subnetFile", subnet_env.DEFAULT_PATH),
         data_dir=_path(config, "dataDir", DEFAULT_DATA_DIR),
         delegate=_delegate(config),
         ipam=_object(config, "ipam"),
@@ -233,7 +115,7 @@ def build_delegate(conf: MetaConfig, env: SubnetEnv) -> dict:
     out: dict = {"type": plugin_type}
     if plugin_type in BRIDGE_TYPES:
         out.update(BRIDGE_DEFAULTS)
-    out["ipMasq"] = not env.ipmasq  # when the agent masquerades, the bridge must not
+    out["ipMasq"] = not env.ip_masq  # when the agent masquerades, the bridge must not
     out["mtu"] = env.mtu
     if env.gso_max_size and plugin_type == "tartan-bridge":
         out["gsoMaxSize"] = env.gso_max_size

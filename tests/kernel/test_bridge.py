@@ -149,7 +149,7 @@ def test_hairpin_and_promisc_modes(bridge_net):
 
 def ipv4_gso_limits(ns, ifname: str) -> tuple[int, int]:
     """gso_ipv4_max_size and gro_ipv4_max_size of a link (iproute2 6.1 does not print them)."""
-    probe = ("import socket,sys;from tartan.cni.ip import gso;"
+    probe = ("import socket,sys;from tartan.kernel import gso;"
              "l=gso.limits(socket.if_nametoindex(sys.argv[1]));"
              "print(l.gso_ipv4_max, l.gro_ipv4_max)")
     out = ns.run(sys.executable, "-c", probe, ifname).stdout.split()

@@ -16,9 +16,9 @@ import sys
 import pytest
 
 from tartan.cni import errors
-from tartan.cni.ip import masq
-from tartan.cni.ip.iptables import Chain, Iptables, Rule, Table
-from tartan.cni.ip.iptables_backend import run_command
+from tartan.cni.plugins import bridge_masq as masq
+from tartan.kernel.iptables import Chain, Iptables, Rule, Table
+from tartan.kernel.iptables_backend import run_command
 
 from harness import Netns
 
@@ -156,8 +156,8 @@ def test_a_bad_rule_fails_with_table_rule_and_context(ns, runner, backend):
 
 SNIPPET = """
 import ipaddress, json, time
-from tartan.cni.ip import masq
-from tartan.cni.ip.iptables import Iptables
+from tartan.cni.plugins import bridge_masq as masq
+from tartan.kernel.iptables import Iptables
 addrs = [ipaddress.ip_interface("10.1.0.2/24")]
 t0 = time.perf_counter()
 first = masq.setup("net", "cid", addrs)

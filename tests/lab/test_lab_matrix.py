@@ -21,13 +21,13 @@ from lab_env import (
     subnet_of,
 )
 
-from tartan.cni.ip import gso
-from tartan.cni.ip.netns import entered
 from tartan.debug import lab_pods, lab_store
 from tartan.debug.lab import Lab, UpOptions
 from tartan.debug.lab_state import LabState
 from tartan.debug.lab_sys import netns_path
 from tartan.debug.lab_underlay import BIG_TCP_SIZE
+from tartan.kernel import gso
+from tartan.kernel.netns import entered
 
 pytestmark = pytest.mark.kernel
 

@@ -1,4 +1,4 @@
-"""tartand's pure parts: subnet file, log lines, masquerade tables, peer decisions."""
+"""tartand's pure parts: log lines, masquerade tables, peer decisions."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import dataclasses
 import io
 import ipaddress
 
-from tartan.backends import log, masq, subnetfile
+from tartan.backends import log, masq
 from tartan.backends.hostgw import HostGw, peer_route
 from tartan.backends.registry import NodeInfo
 from tartan.backends.vxlan import Vxlan, vtep_mac
-from tartan.cni.ip.iptables import Iptables
-from tartan.cni.ip.iptables_backend import FakeIptables
 from tartan.ipam.lease import Lease, LeaseAttrs
 from tartan.ipam.netconf import BackendConfig, NetworkConfig
+from tartan.kernel.iptables import Iptables
+
+from fake_iptables import FakeIptables
 
 NET = ipaddress.ip_network("10.244.0.0/16")
 OWN = ipaddress.ip_network("10.244.3.0/24")
@@ -23,23 +24,6 @@ NODE = NodeInfo("eth0", 2, 1500, "198.18.1.2", (ipaddress.ip_network("198.18.1.0
 def lease(subnet: str, ip: str, kind: str = "vxlan", mac: str = "02:00:00:00:00:09") -> Lease:
     data = {"VNI": 1, "VtepMAC": mac} if kind == "vxlan" else {}
     return Lease(ipaddress.ip_network(subnet), LeaseAttrs(ip, kind, data), 0.0, 1)
-
-
-def test_subnet_file_is_flannels_and_round_trips(tmp_path):
-    path = tmp_path / "run" / "subnet.env"
-    content = subnetfile.SubnetFile(NET, OWN, 1450, True)
-    assert subnetfile.write(path, content)
-    assert path.read_text() == ("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n"
-                                "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
-    assert not subnetfile.write(path, content)
-    assert subnetfile.previous_subnet(path) == OWN
-    assert list(path.parent.iterdir()) == [path]
-
-
-def test_subnet_file_names_big_tcp_only_when_the_backend_allows_it(tmp_path):
-    text = subnetfile.SubnetFile(NET, OWN, 1500, False, 196608).render()
-    assert text.endswith("FLANNEL_IPMASQ=false\nTARTAN_GSO_MAX_SIZE=196608\n")
-    assert "TARTAN" not in subnetfile.SubnetFile(NET, OWN, 1500, False, 0).render()
 
 
 def test_only_host_gw_over_a_big_tcp_uplink_gives_pods_big_packets():
@@ -52,12 +36,6 @@ def test_only_host_gw_over_a_big_tcp_uplink_gives_pods_big_packets():
     assert HostGw(net.backend, net, huge).pod_gso_max_size() == 524288
     vx = NetworkConfig(NET, 24, OWN, OWN, BackendConfig("vxlan", direct_routing=True))
     assert Vxlan(vx.backend, vx, big).pod_gso_max_size() == 0
-
-
-def test_previous_subnet_tolerates_missing_or_broken_files(tmp_path):
-    assert subnetfile.previous_subnet(tmp_path / "nope") is None
-    (tmp_path / "bad").write_text("FLANNEL_SUBNET=garbage\n")
-    assert subnetfile.previous_subnet(tmp_path / "bad") is None
 
 
 def test_log_line_is_logfmt_and_quotes_what_needs_it():

@@ -7,15 +7,11 @@ import subprocess
 import pytest
 
 from tartan.cni import errors
-from tartan.cni.ip import iptables
-from tartan.cni.ip.iptables import Chain, InvalidName, Iptables, Rule, Table, parse_save
-from tartan.cni.ip.iptables_backend import (
-    FakeIptables,
-    detect_backend,
-    quote,
-    run_command,
-    split_args,
-)
+from tartan.kernel import iptables
+from tartan.kernel.iptables import Chain, InvalidName, Iptables, Rule, Table, parse_save
+from tartan.kernel.iptables_backend import detect_backend, quote, run_command, split_args
+
+from fake_iptables import FakeIptables
 
 COMMENT = ("-m", "comment", "--comment", 'name: "net" id: "cid"')
 CHAIN = Chain("TARTAN-A", [("-d", "10.1.0.0/24", *COMMENT, "-j", "ACCEPT"),

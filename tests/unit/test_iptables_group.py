@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tartan.cni import errors
-from tartan.cni.ip import iptables
-from tartan.cni.ip.iptables import Chain, Iptables, Rule, Table
-from tartan.cni.ip.iptables_backend import FakeIptables
+from tartan.kernel import iptables
+from tartan.kernel.iptables import Chain, Iptables, Rule, Table
+
+from fake_iptables import FakeIptables
 
 
 class HeldFirstSave:

@@ -10,9 +10,10 @@ import subprocess
 import pytest
 
 from tartan.cni import errors
-from tartan.cni.ip import masq
-from tartan.cni.ip.iptables import Iptables
-from tartan.cni.ip.iptables_backend import FakeIptables
+from tartan.cni.plugins import bridge_masq as masq
+from tartan.kernel.iptables import Iptables
+
+from fake_iptables import FakeIptables
 
 V4 = ipaddress.ip_interface("10.1.0.2/24")
 V6 = ipaddress.ip_interface("fd00:1::2/64")

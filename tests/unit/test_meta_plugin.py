@@ -205,6 +205,7 @@ def test_entry_path_stays_on_the_standard_library():
                          check=True).stdout.split()
     allowed = {"tartan", "tartan.cni", "tartan.cni.skel", "tartan.cni.errors", "tartan.cni.types",
                "tartan.cni.versions", "tartan.cni.invoke", "tartan.cni.plugins",
-               "tartan.cni.plugins.meta",
-               "tartan.cni.plugins.meta_config"}
+               "tartan.cni.plugins.meta", "tartan.cni.plugins.meta_config",
+               "tartan.cni.registry", "tartan.cni.subnet_env", "tartan.kernel",
+               "tartan.kernel.errors", "tartan.kernel.files"}
     assert set(out) <= allowed, set(out) - allowed

@@ -33,8 +33,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from tartan.cni import errors
-from tartan.cni.ip.iptables_backend import (
+from tartan.kernel import errors
+from tartan.kernel.iptables_backend import (
     Runner,
     host_backend,
     quote,
@@ -293,7 +293,7 @@ class _Job:
     state: Table | None = None
     lines: list[str] = field(default_factory=list)
     changed: bool = False
-    error: errors.CniError | None = None
+    error: errors.TartanError | None = None
     done: bool = False
 
     def result(self) -> bool:
@@ -388,7 +388,7 @@ class _Footprint:
 def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
     try:
         live = ipt.read(table)
-    except errors.CniError as exc:
+    except errors.TartanError as exc:
         for job in batch:
             job.error = exc
         return
@@ -410,7 +410,7 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
     if len(merged) > 1:
         try:
             ipt._restore(table, [line for job in merged for line in job.lines])
-        except errors.CniError:
+        except errors.TartanError:
             alone, merged = merged + alone, []
     for job in merged if len(merged) > 1 else []:
         job.changed = True
@@ -426,7 +426,7 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
 def _verify(ipt: Iptables, job: _Job) -> None:
     try:
         ipt._verify(job.state)
-    except errors.CniError as exc:
+    except errors.TartanError as exc:
         job.error = exc
 
 
@@ -442,8 +442,8 @@ def _run_alone(ipt: Iptables, table: str, job: _Job, live: LiveTable | None) -> 
         job.error = _caller_error(table, exc)
 
 
-def _caller_error(table: str, exc: Exception) -> errors.CniError:
-    if isinstance(exc, errors.CniError):
+def _caller_error(table: str, exc: Exception) -> errors.TartanError:
+    if isinstance(exc, errors.TartanError):
         return exc
     return errors.IptablesFailure(f"applying table {table} failed: {type(exc).__name__}: {exc}")
 

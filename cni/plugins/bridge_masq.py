@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from tartan.cni import errors
-from tartan.cni.ip.iptables import Chain, Iptables, LiveTable, Rule, Table
+from tartan.kernel.iptables import Chain, Iptables, LiveTable, Rule, Table
 
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Applier = Callable[[int], Iptables]  # family (4 or 6) -> the applier for it

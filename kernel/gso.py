@@ -18,7 +18,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from tartan.cni.errors import KernelFailure
+from tartan.kernel.errors import KernelFailure
 
 RTM_NEWLINK, RTM_GETLINK, NLMSG_ERROR = 16, 18, 2
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4

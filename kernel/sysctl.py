@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tartan.cni.errors import KernelFailure
+from tartan.kernel.errors import KernelFailure
 
 PROC_SYS = Path("/proc/sys")
 

@@ -12,10 +12,12 @@ import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
+from tartan.kernel.errors import KernelFailure, NetnsGone
 
-from tartan.cni.errors import KernelFailure, NetnsGone
+if TYPE_CHECKING:  # pyroute2 loads only where a netlink socket is opened
+    from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -58,6 +60,8 @@ def entered(path: str) -> Iterator[None]:
 
 def netlink(path: str | None = None) -> IPRoute:
     """An IPRoute socket in the namespace at `path` (the current one when None)."""
+    from pyroute2 import IPRoute
+
     if path is None:
         return IPRoute()
     with entered(path):

@@ -10,7 +10,7 @@ from ipaddress import IPv4Interface, IPv6Interface
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tartan.cni.errors import KernelFailure
+from tartan.kernel.errors import KernelFailure
 
 IFA_F_NODAD = 0x02
 Interface = IPv4Interface | IPv6Interface

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tartan.cni.errors import KernelFailure
+from tartan.kernel.errors import KernelFailure
 
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tartan.cni.errors import KernelFailure
+from tartan.kernel.errors import KernelFailure
 
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3

@@ -11,7 +11,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tartan.cni.errors import KernelFailure, LinkGone
+from tartan.kernel.errors import KernelFailure, LinkGone
 
 IFF_PROMISC = 0x100
 BRIDGE_VLAN_INFO_PVID = 0x2

@@ -1,0 +1,58 @@
+"""Files that are either the old version or the new one, never half of one.
+
+Every file Tartan rewrites in place (the subnet file, the meta plugin's delegate configs,
+tartan-ipam's last_reserved_ip, the lab's state) goes through `write_atomic`. Standard
+library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp" beside the file
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int = 0o644,
+                 durable: bool = True) -> None:
+    """Write `data` to a temp file in the same folder, fsync it and rename it over `path`.
+
+    With `durable`, the folder is fsynced too, so the rename itself survives a crash (for
+    files whose loss would be noticed: a record a later DEL needs). OSError on failure, and
+    the temp file is gone.
+    """
+    target = Path(path)
+    content = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                               suffix=TEMP_SUFFIX)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            _write_all(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        sync_directory(target.parent)
+
+
+def _write_all(fd: int, content: bytes) -> None:
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def sync_directory(path: str | os.PathLike[str]) -> None:
+    """fsync a folder, so the names created or renamed in it are on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
