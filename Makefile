@@ -10,9 +10,10 @@ STAMPS := .make
 # Debian packages the plugins, the tests and the demo use.
 APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
-	python3 util-linux
+	python3 util-linux strace
 
-SOURCES := $(shell find kernel cni ipam backends debug -name '*.py' 2>/dev/null) pyproject.toml
+PACKAGES := kernel cni ipam backends debug
+SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
 .PHONY: all deps apt venv demo test unit lint bench bench-dataplane clean bundle install uninstall
 
@@ -34,7 +35,7 @@ $(STAMPS)/venv: pyproject.toml
 	"$(PYTHON_BASE)" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "pyroute2>=0.9.7,<0.10" "etcd3>=0.12,<0.13" "prometheus-client>=0.20" \
-		"pytest>=8" "ruff>=0.6"
+		"pytest>=8" "ruff>=0.6" "mypy==2.4.1" "import-linter==2.17"
 	@touch $@
 
 # The project itself is installed (not editable), so the tests run the same console
@@ -46,8 +47,14 @@ $(STAMPS)/install: $(STAMPS)/venv $(SOURCES)
 
 venv: $(STAMPS)/install
 
+# ruff; mypy over the product code, named as installed (build/typecheck/tartan/ links to the
+# source folders); the layer contracts of pyproject.toml over the installed package.
 lint: venv
 	$(VENV)/bin/ruff check .
+	@rm -rf build/typecheck && mkdir -p build/typecheck/tartan
+	@for p in $(PACKAGES); do ln -s ../../../$$p build/typecheck/tartan/$$p; done
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p tartan
+	$(VENV)/bin/lint-imports --config pyproject.toml
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

@@ -11,21 +11,34 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tartan.backends.log import Log
-from tartan.cni import subnet_env
+from tartan.cni import fastpath, subnet_env
+from tartan.ipam import lease as lease_defaults
 
-DEFAULT_SQLITE = "sqlite:/var/lib/tartan/leases.db"
+if TYPE_CHECKING:  # the modules behind these load only once the flags are read
+    from http.server import ThreadingHTTPServer
+
+    from tartan.backends.daemon import Agent
+    from tartan.cni.server import CniServer
+    from tartan.ipam.lease import LeaseStore
+    from tartan.ipam.netconf import NetworkConfig
+
+T = TypeVar("T")
+
+DEFAULT_HTTP_ADDR = "127.0.0.1:9808"  # also where tartanctl and the lab ask
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tartand", description="Tartan node agent")
-    p.add_argument("--store", default=DEFAULT_SQLITE,
+    p.add_argument("--store", default=f"sqlite:{lease_defaults.DEFAULT_SQLITE_PATH}",
                    help="sqlite:/path/to/leases.db (default) or etcd")
-    p.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379",
+    p.add_argument("--etcd-endpoints", default=lease_defaults.DEFAULT_ETCD_ENDPOINT,
                    help="comma-separated etcd endpoints (with --store etcd)")
-    p.add_argument("--etcd-prefix", default="/coreos.com/network",
+    p.add_argument("--etcd-prefix", default=lease_defaults.DEFAULT_ETCD_PREFIX,
                    help="key prefix; flannel's default reads an existing flannel tree")
     p.add_argument("--net-config", type=Path,
                    help="flannel net-conf.json, written into the store when it has none")
@@ -34,12 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--subnet-file", type=Path, default=Path(subnet_env.DEFAULT_PATH))
     p.add_argument("--ip-masq", action="store_true",
                    help="masquerade pod traffic leaving the cluster network")
-    p.add_argument("--http-addr", default="127.0.0.1:9808",
+    p.add_argument("--http-addr", default=DEFAULT_HTTP_ADDR,
                    help="HOST:PORT for /healthz, /readyz, /metrics, /status")
     p.add_argument("--reconcile-interval", type=float, default=5.0)
-    p.add_argument("--lease-ttl", type=float, default=24 * 3600.0)
-    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/tartan"))
-    p.add_argument("--cni-socket", default="/run/tartan/cni.sock",
+    p.add_argument("--lease-ttl", type=float, default=lease_defaults.DEFAULT_TTL,
+                   help="seconds a subnet lease lasts without renewal (flannel's: 24 h)")
+    p.add_argument("--cni-socket", default=fastpath.SOCKET_PATH,
                    help="unix socket the CNI plugins hand their requests to ('' to disable)")
     return p.parse_args(argv)
 
@@ -48,7 +61,7 @@ class StartupError(Exception):
     """Stops the agent with one line."""
 
 
-def open_store(args: argparse.Namespace):
+def open_store(args: argparse.Namespace) -> LeaseStore:
     """The flags name a store; tartan.ipam.lease.open_store opens it."""
     from tartan.ipam.lease import open_store as open_lease_store
 
@@ -64,29 +77,41 @@ def open_store(args: argparse.Namespace):
         raise StartupError(f"--etcd-endpoints: {exc}") from None
 
 
-def load_network_config(store, path: Path | None):
-    from tartan.ipam.netconf import NetConfError, parse_network_config
+def parse_net_conf(raw: dict[str, Any]) -> NetworkConfig:
+    """The top level for the leases, and the Backend section for its backend: both are
+    checked before anything is stored or programmed."""
+    from tartan.backends import registry
+    from tartan.ipam.netconf import parse_network_config
+
+    net = parse_network_config(raw)
+    registry.parse_config(net)
+    return net
+
+
+def load_network_config(store: LeaseStore, path: Path | None) -> NetworkConfig:
+    from tartan.ipam.netconf import NetConfError
 
     raw = store.get_config()
-    if raw is None and path is None:
-        raise StartupError("no network config in the store: pass --net-config net-conf.json")
     if raw is None:
+        if path is None:
+            raise StartupError("no network config in the store: pass --net-config "
+                               "net-conf.json")
         try:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise StartupError(f"--net-config {path}: {exc}") from None
         try:
-            parse_network_config(raw)
+            parse_net_conf(raw)
         except NetConfError as exc:
             raise StartupError(f"net-conf.json: {exc}") from None
         store.put_config(raw)
     try:
-        return parse_network_config(raw)
+        return parse_net_conf(raw)
     except NetConfError as exc:
         raise StartupError(f"network config in the store: {exc}") from None
 
 
-def build(args: argparse.Namespace, log: Log):
+def build(args: argparse.Namespace, log: Log) -> Agent:
     from tartan.backends import registry
     from tartan.backends.daemon import Agent, Settings
     from tartan.backends.metrics import Metrics
@@ -105,14 +130,14 @@ def build(args: argparse.Namespace, log: Log):
     return Agent(store, manager, net, node, backend, settings, log, Metrics())
 
 
-def serve(agent, address: str):
+def serve(agent: Agent, address: str) -> ThreadingHTTPServer:
     from tartan.backends.http import Probes, serve
 
     probes = Probes(agent.healthy, lambda: agent.ready, agent.status, agent.metrics)
     return serve(address, probes)
 
 
-def retrying(step, stop: threading.Event, log: Log):
+def retrying(step: Callable[[], T], stop: threading.Event, log: Log) -> T | None:
     """Run `step` until the store answers (an agent may start before etcd does)."""
     from tartan.ipam.lease import LeaseContention, StoreUnavailable
 
@@ -128,11 +153,12 @@ def retrying(step, stop: threading.Event, log: Log):
     return None
 
 
-def serve_cni(agent, path: str, log: Log):
+def serve_cni(agent: Agent, path: str, log: Log) -> CniServer:
     """The plugins' fast path: their requests run here, warm, with the same code."""
     from tartan.cni.server import CniServer
 
-    def observe(plugin: str, container: str, command: str, outcome: str, seconds: float):
+    def observe(plugin: str, container: str, command: str, outcome: str,
+                seconds: float) -> None:
         agent.metrics.cni_requests.labels(command or "none", outcome).observe(seconds)
         event = "cni.request" if command else "cni.refused"
         log.info(event, plugin=plugin or None, container=container or None,
@@ -161,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StartupError, StoreUnusable) as exc:
         print(f"tartand: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - the edge: one line, never a traceback
+    except Exception as exc:  # the edge: one line, never a traceback
         print(f"tartand: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     log.info("agent.started", http=args.http_addr, store=args.store.split(":")[0])

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from tartan.backends import masq
 from tartan.backends.log import Log
 from tartan.backends.metrics import Metrics
-from tartan.backends.registry import Backend, NodeInfo, PeerState, Report
+from tartan.backends.registry import Backend, NodeInfo, PeerProgramming, PeerState, Report
 from tartan.cni import subnet_env
 from tartan.ipam.lease import (
     Lease,
@@ -30,8 +32,42 @@ from tartan.ipam.lease import (
     StoreUnavailable,
 )
 from tartan.ipam.netconf import NetworkConfig
+from tartan.kernel.errors import TartanError
 
 MAX_BACKOFF = 10.0
+
+
+class NoLease(RuntimeError):
+    """The agent was asked for its lease before it acquired one (a bug, not an outage)."""
+
+
+class FailureReport:
+    """Log a failing reconcile pass once, not once per pass while it keeps failing.
+
+    A failure the kernel layer explains (a TartanError) is one line; anything else is a bug
+    and its traceback goes with that line. While the same failure repeats nothing more is
+    logged (the metric counts every pass); the pass that succeeds again says how many failed.
+    """
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.current = ""
+        self.repeats = 0
+
+    def failed(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        self.repeats += 1
+        if text == self.current:
+            return
+        self.current = text
+        where = None if isinstance(exc, TartanError) else "".join(
+            traceback.format_exception(exc)).rstrip()
+        self.log.error("reconcile.failed", error=text, traceback=where)
+
+    def succeeded(self) -> None:
+        if self.current:
+            self.log.info("reconcile.recovered", failed_passes=self.repeats)
+        self.current, self.repeats = "", 0
 
 
 @dataclass
@@ -48,7 +84,7 @@ class Agent:
         self.store, self.manager, self.net, self.node = store, manager, net, node
         self.backend, self.settings, self.log, self.metrics = backend, settings, log, metrics
         self.clock = clock
-        self.lease: Lease | None = None
+        self._lease: Lease | None = None  # None until acquire(); see `lease`
         self.peers: list[Lease] = []
         self.peer_states: list[PeerState] = []
         self.ready = False
@@ -57,14 +93,27 @@ class Agent:
         self.outage_since: float | None = None
         self.backoff = 0.5
         self.next_store_try = 0.0
+        self.failures = FailureReport(log)
 
     # -- lease -------------------------------------------------------------------------
 
+    @property
+    def lease(self) -> Lease:
+        """The lease this node holds: there from start() on, which acquires it first."""
+        if self._lease is None:
+            raise NoLease("tartand holds no lease yet")
+        return self._lease
+
+    @property
+    def holds_lease(self) -> bool:
+        return self._lease is not None
+
     def acquire(self) -> None:
-        previous = subnet_env.previous_subnet(self.settings.subnet_file)
-        if self.lease is not None:
-            previous = self.lease.subnet
-        self.lease = self.manager.acquire(self.backend.lease_attrs(), previous)
+        if self._lease is not None:
+            previous: IPv4Network | None = self._lease.subnet
+        else:
+            previous = subnet_env.previous_subnet(self.settings.subnet_file)
+        self._lease = self.manager.acquire(self.backend.lease_attrs(), previous)
         self.metrics.lease_acquisitions.inc()
         self.log.info("lease.acquired", subnet=self.lease.subnet, public_ip=self.node.public_ip,
                       backend=self.backend.name, expires=round(self.lease.expiration))
@@ -91,10 +140,10 @@ class Agent:
                           holder=mine.attrs.public_ip if mine else None)
             self.acquire()
             return
-        self.lease = mine
+        self._lease = mine
         if self.manager.needs_renewal(mine):
             try:
-                self.lease = self.manager.renew(mine)
+                self._lease = self.manager.renew(mine)
             except LeaseLost:
                 self.log.warn("lease.renewal_refused", subnet=mine.subnet)
                 self.acquire()
@@ -129,8 +178,9 @@ class Agent:
             old = before.get(subnet)
             if old is None or (old.mode, old.state, old.public_ip) != (
                     peer.mode, peer.state, peer.public_ip):
-                level = self.log.warn if peer.state == "skipped" else self.log.info
-                level("peer.programmed" if peer.state == "programmed" else "peer.skipped",
+                programmed = peer.state is PeerProgramming.PROGRAMMED
+                level = self.log.info if programmed else self.log.warn
+                level("peer.programmed" if programmed else "peer.skipped",
                       subnet=subnet, public_ip=peer.public_ip, mode=peer.mode,
                       reason=peer.reason or None)
         for subnet, peer in before.items():
@@ -180,7 +230,10 @@ class Agent:
         try:
             self.reconcile()
         except Exception as exc:  # one bad pass must not stop the agent; report and retry
-            self.log.error("reconcile.failed", error=f"{type(exc).__name__}: {exc}")
+            self.metrics.reconcile_failures.inc()
+            self.failures.failed(exc)
+        else:
+            self.failures.succeeded()
         self.heartbeat = self.clock()
         return revision, delay
 
@@ -209,14 +262,14 @@ class Agent:
         return self.clock() - self.heartbeat < 3 * self.settings.reconcile_interval + 5
 
     def status(self) -> dict:
-        lease = self.lease
+        lease = self._lease
         return {
             "node": {
                 "publicIP": self.node.public_ip,
                 "iface": self.node.iface,
                 "subnet": str(lease.subnet) if lease else None,
                 "backend": self.backend.name,
-                "directRouting": self.net.backend.direct_routing,
+                **self.backend.status(),
                 "leaseExpires": lease.expiration if lease else None,
                 "ready": self.ready,
                 "storeReachable": self.outage_since is None,

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 from pyroute2 import IPRoute
 
 from tartan.backends import routes
-from tartan.backends.registry import NodeInfo, PeerState, Report, register
+from tartan.backends.registry import (
+    NodeInfo,
+    PeerMode,
+    PeerProgramming,
+    PeerState,
+    Report,
+    mtu_field,
+    register,
+)
 from tartan.ipam.lease import Lease, LeaseAttrs
-from tartan.ipam.netconf import BackendConfig, NetworkConfig
+from tartan.ipam.netconf import NetworkConfig
 from tartan.kernel import gso
+
+
+@dataclass(frozen=True)
+class HostGwConfig:
+    mtu: int = 0  # 0: the uplink's
+
+
+def parse_config(section: Mapping[str, Any]) -> HostGwConfig:
+    """host-gw's Backend fields: only MTU (flannel's host-gw has none; others are ignored)."""
+    return HostGwConfig(mtu=mtu_field(section))
 
 
 def not_on_segment(peer: Lease, node: NodeInfo) -> str:
@@ -22,17 +44,18 @@ def peer_route(peer: Lease, node: NodeInfo) -> tuple[routes.RouteSpec | None, Pe
     """The host-gw route to a peer, or why there can't be one."""
     subnet, ip = str(peer.subnet), peer.attrs.public_ip
     if not node.on_segment(ip):
-        return None, PeerState(subnet, ip, peer.attrs.backend_type, "skipped", "skipped",
-                               not_on_segment(peer, node))
+        return None, PeerState.skipped(subnet, ip, peer.attrs.backend_type,
+                                       not_on_segment(peer, node))
     spec = routes.host_gw_route(subnet, ip, node.iface_index)
-    return spec, PeerState(subnet, ip, peer.attrs.backend_type, "host-gw", "programmed")
+    return spec, PeerState(subnet, ip, peer.attrs.backend_type, PeerMode.HOST_GW,
+                           PeerProgramming.PROGRAMMED)
 
 
-@register("host-gw")
+@register("host-gw", parse_config)
 class HostGw:
     name = "host-gw"
 
-    def __init__(self, conf: BackendConfig, net: NetworkConfig, node: NodeInfo) -> None:
+    def __init__(self, conf: HostGwConfig, net: NetworkConfig, node: NodeInfo) -> None:
         self.conf, self.node = conf, node
 
     def lease_attrs(self) -> LeaseAttrs:
@@ -46,6 +69,9 @@ class HostGw:
         # raised the uplink's IPv4 GSO limit (BIG TCP), pods may build packets that large.
         size = min(self.node.iface_gso_max, gso.KERNEL_MAX)
         return size if size > gso.LEGACY_MAX else 0
+
+    def status(self) -> dict[str, Any]:
+        return {"directRouting": False}
 
     def setup(self, own: Lease) -> None:
         return None

@@ -22,7 +22,7 @@ class Probes:
 
 def _handler(probes: Probes) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server calls it by this name
             path = self.path.split("?")[0]
             if path == "/healthz":
                 self._probe(probes.healthy())

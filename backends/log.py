@@ -9,8 +9,9 @@ from typing import TextIO
 
 def _value(value: object) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' ="\\'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if not text or any(c in text for c in ' ="\\\n'):
+        quoted = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return '"' + quoted + '"'
     return text
 
 

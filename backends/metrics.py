@@ -28,6 +28,8 @@ class Metrics:
                                   "Duration of one reconcile pass", registry=r,
                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                            0.5, 1, 2.5))
+        self.reconcile_failures = Counter("tartan_reconcile_failures_total",
+                                          "Reconcile passes that failed", registry=r)
         self.store_errors = Counter("tartan_store_errors_total",
                                     "Failed calls to the lease store", registry=r)
         self.cni_requests = Histogram(

@@ -37,7 +37,8 @@ def discover(iface: str | None, public_ip: str | None) -> NodeInfo:
         found = link.get(ipr, iface) if iface else link.by_index(ipr, _default_route_iface(ipr))
         if found is None:
             raise NodeError(f"--iface {iface}: no such interface")
-        addresses = addr.list_(ipr, found.index, 4)
+        addresses = [a for a in addr.list_(ipr, found.index, 4)
+                     if isinstance(a, ipaddress.IPv4Interface)]
         gso_max = _pod_traffic_gso_max(ipr, found.index)
     if not addresses:
         raise NodeError(f"interface {found.name} has no IPv4 address")

@@ -1,14 +1,28 @@
-"""Backends are constructors registered by name (flannel's pattern), behind one protocol."""
+"""Backends are registered by name (flannel's pattern), behind one protocol.
+
+Each backend registers its class with the parser of its own `Backend` section of
+net-conf.json, so adding a backend is a change in this folder only: the lease manager keeps
+only the top level (Network, SubnetLen, SubnetMin, SubnetMax).
+"""
 
 from __future__ import annotations
 
+import enum
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from tartan.ipam.lease import Lease, LeaseAttrs
-from tartan.ipam.netconf import BackendConfig, NetworkConfig
+from tartan.ipam.netconf import NetConfError, NetworkConfig, show, string, whole_number
+
+DEFAULT_TYPE = "vxlan"
+# flannel backends an operator may carry over in a config; named so the error says
+# "not supported" rather than "not a backend".
+FLANNEL_ONLY = (
+    "udp", "ipip", "wireguard", "ipsec", "alloc", "extension", "gce", "aws-vpc", "ali-vpc",
+    "tencent-vpc",
+)
 
 
 @dataclass(frozen=True)
@@ -27,18 +41,36 @@ class NodeInfo:
         return any(address in net for net in self.segments)
 
 
+class PeerMode(enum.StrEnum):
+    """How a peer is reached."""
+
+    VXLAN = "vxlan"
+    HOST_GW = "host-gw"
+    SKIPPED = "skipped"
+
+
+class PeerProgramming(enum.StrEnum):
+    PROGRAMMED = "programmed"
+    SKIPPED = "skipped"
+
+
 @dataclass
 class PeerState:
     subnet: str
     public_ip: str
     backend: str
-    mode: str  # how the peer is reached: "vxlan", "host-gw", or "skipped"
-    state: str  # "programmed" or "skipped"
+    mode: PeerMode
+    state: PeerProgramming
     reason: str = ""
+
+    @classmethod
+    def skipped(cls, subnet: str, public_ip: str, backend: str, reason: str) -> PeerState:
+        return cls(subnet, public_ip, backend, PeerMode.SKIPPED, PeerProgramming.SKIPPED,
+                   reason)
 
     def to_json(self) -> dict:
         return {"subnet": self.subnet, "publicIP": self.public_ip, "backend": self.backend,
-                "mode": self.mode, "state": self.state, "reason": self.reason}
+                "mode": str(self.mode), "state": str(self.state), "reason": self.reason}
 
 
 @dataclass
@@ -58,27 +90,75 @@ class Backend(Protocol):
         """IPv4 BIG TCP size for pods, 0 for the kernel default (see kernel/gso.py)."""
         ...
 
+    def status(self) -> dict[str, Any]:
+        """The backend's settings shown in tartand's /status (beside its name)."""
+        ...
+
     def setup(self, own: Lease) -> None: ...
 
     def reconcile(self, own: Lease, peers: list[Lease]) -> Report: ...
 
 
-Factory = Callable[[BackendConfig, NetworkConfig, NodeInfo], Backend]
-_REGISTRY: dict[str, Factory] = {}
+@dataclass(frozen=True)
+class BackendType:
+    """A registered backend: how it reads its Backend section, and how it is made."""
+
+    name: str
+    parse: Callable[[Mapping[str, Any]], Any]  # the section, keys lower-cased -> its config
+    create: Callable[[Any, NetworkConfig, NodeInfo], Backend]
 
 
-def register(name: str) -> Callable[[Factory], Factory]:
-    def wrap(factory: Factory) -> Factory:
-        _REGISTRY[name] = factory
-        return factory
+_REGISTRY: dict[str, BackendType] = {}
+
+
+def register(name: str, parse: Callable[[Mapping[str, Any]], Any]) -> Callable[[type], type]:
+    """Class decorator: the class is built as cls(its parsed config, net, node)."""
+
+    def wrap(cls: type) -> type:
+        _REGISTRY[name] = BackendType(name, parse, cls)
+        return cls
 
     return wrap
 
 
-def create(net: NetworkConfig, node: NodeInfo) -> Backend:
-    from tartan.backends import hostgw, vxlan  # noqa: F401 - importing registers them
+def _registered() -> dict[str, BackendType]:
+    from tartan.backends import hostgw, vxlan
 
-    factory = _REGISTRY.get(net.backend.type)
-    if factory is None:
-        raise ValueError(f"Backend.Type {net.backend.type!r} is not one of {sorted(_REGISTRY)}")
-    return factory(net.backend, net, node)
+    del hostgw, vxlan  # imported for their registration
+    return _REGISTRY
+
+
+def backend_type(net: NetworkConfig) -> BackendType:
+    """The backend Backend.Type names; NetConfError naming the field otherwise."""
+    known = _registered()
+    kind = (string(net.backend, "Type", "Backend.") or DEFAULT_TYPE).lower()  # as flannel
+    valid = " or ".join([DEFAULT_TYPE, *sorted(k for k in known if k != DEFAULT_TYPE)])
+    if kind in FLANNEL_ONLY:
+        raise NetConfError("Backend.Type", f"Backend.Type {show(kind)} is a flannel backend "
+                           f"Tartan does not support; use {valid}")
+    if kind not in known:
+        raise NetConfError("Backend.Type", f"Backend.Type {show(kind)} is not a backend; "
+                           f"use {valid}")
+    return known[kind]
+
+
+def parse_config(net: NetworkConfig) -> Any:
+    """The Backend section as its backend reads it (NetConfError on a bad field)."""
+    return backend_type(net).parse(net.backend)
+
+
+def create(net: NetworkConfig, node: NodeInfo) -> Backend:
+    kind = backend_type(net)
+    return kind.create(kind.parse(net.backend), net, node)
+
+
+# -- fields more than one backend reads -------------------------------------------------
+
+
+def mtu_field(section: Mapping[str, Any]) -> int:
+    """Backend.MTU: 0 (the default) derives the MTU from the uplink."""
+    mtu = whole_number(section, "MTU", 0, "Backend.")
+    if mtu != 0 and not 68 <= mtu <= 65535:
+        raise NetConfError("Backend.MTU", f"Backend.MTU {mtu} is out of range; use 68 to 65535, "
+                           "or 0 to derive it from the uplink")
+    return mtu

@@ -9,21 +9,65 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
 from tartan.backends import routes
 from tartan.backends.hostgw import peer_route
-from tartan.backends.registry import NodeInfo, PeerState, Report, register
+from tartan.backends.registry import (
+    NodeInfo,
+    PeerMode,
+    PeerProgramming,
+    PeerState,
+    Report,
+    mtu_field,
+    register,
+)
 from tartan.ipam.lease import Lease, LeaseAttrs
-from tartan.ipam.netconf import BackendConfig, NetworkConfig
+from tartan.ipam.netconf import NetConfError, NetworkConfig, flag, whole_number
 from tartan.kernel import addr, link, neigh
 from tartan.kernel.link import Link
 from tartan.kernel.neigh import FdbEntry, Neighbour
 from tartan.kernel.route import RouteSpec
 
+E = TypeVar("E", Neighbour, FdbEntry)
 OVERHEAD = 50  # outer IPv4 + UDP + VXLAN headers
+DEFAULT_VNI = 1
+DEFAULT_PORT = 8472  # the Linux kernel's VXLAN port, which flannel uses by default
+MAX_VNI = (1 << 24) - 1
+
+
+@dataclass(frozen=True)
+class VxlanConfig:
+    vni: int = DEFAULT_VNI
+    port: int = DEFAULT_PORT
+    direct_routing: bool = False  # host-gw routes to the peers on this node's segment
+    mtu: int = 0  # 0: the uplink's, less the VXLAN overhead
+
+
+def parse_config(section: Mapping[str, Any]) -> VxlanConfig:
+    """vxlan's Backend fields, as flannel's vxlan backend reads them."""
+    return VxlanConfig(
+        vni=_ranged(section, "VNI", DEFAULT_VNI, 1, MAX_VNI),
+        port=_ranged(section, "Port", DEFAULT_PORT, 1, 65535, zero_is_default=True),
+        direct_routing=flag(section, "DirectRouting", False, "Backend."),
+        mtu=mtu_field(section),
+    )
+
+
+def _ranged(section: Mapping[str, Any], name: str, default: int, low: int, high: int,
+            zero_is_default: bool = False) -> int:
+    value = whole_number(section, name, default, "Backend.")
+    if value == 0 and zero_is_default:
+        return default  # flannel: Port 0 means the kernel's default port
+    if not low <= value <= high:
+        raise NetConfError(f"Backend.{name}", f"Backend.{name} {value} is out of range; "
+                           f"use {low} to {high}")
+    return value
 
 
 def device_name(vni: int) -> str:
@@ -56,17 +100,20 @@ def _vxlan_peer(peer: Lease, device: int, wanted: Peers) -> None:
     mac = str(peer.attrs.backend_data.get("VtepMAC") or "").lower()
     if kind != "vxlan" or not mac:
         reason = f"peer {ip} uses backend {kind!r} without a VTEP MAC: mixed backends"
-        wanted.states.append(PeerState(subnet, ip, kind, "skipped", "skipped", reason))
+        wanted.states.append(PeerState.skipped(subnet, ip, kind, reason))
         return
     gateway = str(peer.subnet.network_address)
     wanted.routes.append(RouteSpec(dst=subnet, gw=gateway, oif=device, onlink=True,
                                    proto=routes.PROTO_TARTAN))
     wanted.neighbours.append(Neighbour(gateway, mac))
     wanted.fdb.append(FdbEntry(mac, ip))
-    wanted.states.append(PeerState(subnet, ip, kind, "vxlan", "programmed"))
+    wanted.states.append(PeerState(subnet, ip, kind, PeerMode.VXLAN,
+                                   PeerProgramming.PROGRAMMED))
 
 
-def _sync_entries(live: list, wanted: list, put, remove) -> int:
+def _sync_entries(live: Sequence[E], wanted: Sequence[E], put: Callable[[E], object],
+                  remove: Callable[[E], object]) -> int:
+    """Make the kernel's entries `live` equal to `wanted`; the number of changes."""
     changes = 0
     for entry in wanted:
         if entry not in live:
@@ -79,11 +126,11 @@ def _sync_entries(live: list, wanted: list, put, remove) -> int:
     return changes
 
 
-@register("vxlan")
+@register("vxlan", parse_config)
 class Vxlan:
     name = "vxlan"
 
-    def __init__(self, conf: BackendConfig, net: NetworkConfig, node: NodeInfo) -> None:
+    def __init__(self, conf: VxlanConfig, net: NetworkConfig, node: NodeInfo) -> None:
         self.conf, self.node = conf, node
         self.device = device_name(conf.vni)
         self.mac = vtep_mac(node.public_ip, conf.vni)
@@ -97,6 +144,9 @@ class Vxlan:
 
     def pod_gso_max_size(self) -> int:
         return 0  # the VXLAN device takes no packet above 64 KiB: pods keep the default
+
+    def status(self) -> dict[str, Any]:
+        return {"directRouting": self.conf.direct_routing}
 
     def setup(self, own: Lease) -> None:
         with IPRoute() as ipr:
@@ -142,7 +192,8 @@ class Vxlan:
         for peer in peers:
             if self.conf.direct_routing and self.node.on_segment(peer.attrs.public_ip):
                 spec, state = peer_route(peer, self.node)
-                wanted.routes.append(spec)
+                if spec is not None:  # always, on the segment
+                    wanted.routes.append(spec)
                 wanted.states.append(state)
             else:
                 _vxlan_peer(peer, device, wanted)

@@ -45,6 +45,6 @@ def run(pending: list[Work]) -> list[Exception]:
     while pending:
         try:
             pending.pop(0)()
-        except Exception as exc:  # noqa: BLE001 - reported by the caller, never raised
+        except Exception as exc:  # reported by the caller, never raised
             failures.append(exc)
     return failures

@@ -4,7 +4,8 @@ A plugin process pays for its interpreter and, in-process, for pyroute2's import
 does any work. tartand already has both loaded, so the plugin first sends it the request
 (which plugin, the environment, stdin) and relays the answer byte for byte, JSON unparsed.
 When no agent answers (no socket, refused, or no reply in time), the plugin does the same
-work in-process with the same code.
+work in-process with the same code (tartan.cni.entry), or the bundle's small executable execs
+the full one.
 
 Wire format (all lengths are 4-byte big-endian):
     request:  b"TCNI1" | len+plugin name | len+environment ("K=V\\0" each) | len+stdin
@@ -14,7 +15,8 @@ The environment carries the caller's network and mount namespace identities: the
 declines (exit code DECLINED) a caller that is not in its own namespaces, since the request
 would otherwise act on the agent's namespaces, and the plugin then works in-process.
 
-Only the standard library is imported here, and only what the socket path needs.
+Only the standard library is imported here, and only what the socket path needs (an import
+contract in pyproject.toml holds this module, the registry and the versions to it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import _socket as socket
 import os
 import struct
 import sys
+from collections.abc import Callable, Mapping  # loaded by the interpreter itself at start-up
 
 from tartan.cni import registry
 
@@ -53,14 +56,14 @@ def frame(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def encode_env(env: dict[str, str] | os._Environ) -> bytes:
+def encode_env(env: Mapping[str, str]) -> bytes:
     items = [f"{k}={v}" for k, v in env.items() if k.startswith("CNI_")
              or k in ("PATH", "TARTAN_DEBUG")]
     items.append(f"{CALLER_NS}={namespace_identity()}")
     return "\0".join(items).encode()
 
 
-def encode_request(plugin: str, env: dict[str, str] | os._Environ, stdin: bytes) -> bytes:
+def encode_request(plugin: str, env: Mapping[str, str], stdin: bytes) -> bytes:
     return MAGIC + frame(plugin.encode()) + frame(encode_env(env)) + frame(stdin)
 
 
@@ -85,7 +88,8 @@ def read_reply(sock: socket.socket) -> tuple[int, bytes]:
     return code, read_exact(sock, size)
 
 
-def ask_agent(plugin: str, env, stdin: bytes, path: str | None = None) -> tuple[int, bytes] | None:
+def ask_agent(plugin: str, env: Mapping[str, str], stdin: bytes,
+              path: str | None = None) -> tuple[int, bytes] | None:
     """The agent's (exit code, stdout), or None when no agent took the request."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -120,7 +124,7 @@ def version() -> int:
     return 0
 
 
-def relay(plugin: str, fallback) -> int:
+def relay(plugin: str, fallback: Callable[[bytes], int]) -> int:
     """Entry point body: agent first, `fallback(stdin)` (in-process) when it is not there."""
     if os.environ.get("CNI_COMMAND") == "VERSION":
         return version()
@@ -134,13 +138,6 @@ def relay(plugin: str, fallback) -> int:
                 sys.stdout.buffer.flush()
             return code
     return fallback(stdin)
-
-
-def in_process(plugin: str, stdin: bytes) -> int:
-    """The fallback: run the plugin in this process, on the same dispatcher the agent uses."""
-    from tartan.cni import skel
-
-    return skel.emit(skel.run(registry.load(plugin), os.environ, stdin))
 
 
 def exec_full(plugin: str, executable: str, stdin: bytes) -> int:
@@ -163,21 +160,3 @@ def bundle_main(full_executable: str) -> int:
                          f"{', '.join(registry.NAMES)}\n")
         return 1
     return relay(role, lambda stdin: exec_full(role, full_executable, stdin))
-
-
-def run_plugin(name: str) -> int:
-    """A console script's body: plugin `name`, agent first, in-process when it is not there."""
-    return relay(name, lambda stdin: in_process(name, stdin))
-
-
-# The console scripts in pyproject.toml (one function each, as entry points must be).
-def bridge() -> int:
-    return run_plugin("tartan-bridge")
-
-
-def ipam() -> int:
-    return run_plugin("tartan-ipam")
-
-
-def meta() -> int:
-    return run_plugin("tartan")

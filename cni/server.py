@@ -26,6 +26,7 @@ from tartan.cni.fastpath import (
     DECLINED,
     MAGIC,
     MAX_FRAME,
+    SOCKET_PATH,
     frame,
     namespace_identity,
     read_exact,
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(prog="tartan-cni-server")
-    parser.add_argument("--socket", type=Path, default=Path("/run/tartan/cni.sock"))
+    parser.add_argument("--socket", type=Path, default=Path(SOCKET_PATH))
     parser.add_argument("--mode", type=lambda text: int(text, 8), default=0o600)
     args = parser.parse_args(argv)
     stop = threading.Event()

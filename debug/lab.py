@@ -247,7 +247,9 @@ class Lab:
     def _delete_all_pods(self) -> None:
         """CNI DEL every pod whose node still runs; failures are reported, not fatal."""
         state = files.load(self.name, self.root)
-        for pod in state.pods if state else []:
+        if state is None:
+            return
+        for pod in state.pods:
             node = state.node(pod.node)
             if node is None or not in_namespace(node.holder_pid, node.netns):
                 continue  # the node is already gone: its pods' links went with it

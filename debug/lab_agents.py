@@ -114,10 +114,11 @@ def knows_exactly(node: Node, subnets: set[str]) -> bool:
 def wait_converged(lab: str, nodes: list[Node], say: Callable[[str], None],
                    timeout: float = 30.0) -> None:
     """Until every running node has programmed exactly the other nodes' subnets."""
-    subnets = {leased_subnet(lab, n) for n in nodes}
-    if None in subnets:
+    leased = {n.name: leased_subnet(lab, n) for n in nodes}
+    subnets = {subnet for subnet in leased.values() if subnet is not None}
+    if len(subnets) < len(leased):
         raise LabError("a node has no subnet.env: " + ", ".join(
-            n.name for n in nodes if leased_subnet(lab, n) is None))
+            name for name, subnet in leased.items() if subnet is None))
     running_nodes = [n for n in nodes if running(n)]
     took = wait_until(lab, running_nodes, lambda n: knows_exactly(n, subnets), "converged",
                       say, timeout)

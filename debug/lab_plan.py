@@ -16,6 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tartan.backends.agent import DEFAULT_HTTP_ADDR
+from tartan.ipam.lease import DEFAULT_ETCD_PREFIX
+
 LAB_ROOT = Path("/run/tartan-lab")
 DEFAULT_NAME = "tlab"
 CLUSTER_NETWORK = "10.244.0.0/16"
@@ -25,11 +28,11 @@ MAX_SEGMENTS = 8
 MAX_NODES = 200
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
-AGENT_HTTP = "127.0.0.1:9808"
-ETCD_PREFIX = "/coreos.com/network"
+AGENT_HTTP = DEFAULT_HTTP_ADDR  # each node's tartand, in the node's own namespace
+ETCD_PREFIX = DEFAULT_ETCD_PREFIX
 CNI_NETWORK = "tartan-lab"
 
-BACKENDS = {
+BACKENDS: dict[str, dict[str, object]] = {
     "vxlan": {"Type": "vxlan"},
     "host-gw": {"Type": "host-gw"},
     "directrouting": {"Type": "vxlan", "DirectRouting": True},

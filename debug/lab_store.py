@@ -16,14 +16,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tartan.debug import lab_plan as plan
 from tartan.debug.lab_http import Unreachable, json_in
 from tartan.debug.lab_sys import LabError, Sys, alive, in_netns
 
+if TYPE_CHECKING:
+    from tartan.ipam.lease_sqlite import SqliteLeaseStore
+
 
 @dataclass
-class Lease:
+class LeaseRow:
+    """A lease as the lab shows it, read from either store."""
+
     subnet: str
     public_ip: str
     backend: str
@@ -111,17 +117,17 @@ def key_to_subnet(key: str) -> str:
     return key.rsplit("/", 1)[-1].replace("-", "/")
 
 
-def lease_from_value(subnet: str, value: str, expires: float | None) -> Lease:
+def lease_from_value(subnet: str, value: str, expires: float | None) -> LeaseRow:
     """A lease from flannel's JSON value (PublicIP, BackendType, BackendData)."""
     try:
         attrs = json.loads(value)
     except ValueError:
         attrs = {}
-    return Lease(subnet, str(attrs.get("PublicIP", "?")), str(attrs.get("BackendType", "?")),
+    return LeaseRow(subnet, str(attrs.get("PublicIP", "?")), str(attrs.get("BackendType", "?")),
                  expires)
 
 
-def etcd_leases(lab: str) -> list[Lease]:
+def etcd_leases(lab: str) -> list[LeaseRow]:
     start = subnets_prefix()
     end = start[:-1] + chr(ord(start[-1]) + 1)
     kvs = _etcd(lab, "/v3/kv/range", {"key": _b64(start), "range_end": _b64(end)}).get(
@@ -145,13 +151,13 @@ def etcd_delete(lab: str, subnet: str) -> bool:
 # ---------------------------------------------------------------------------- sqlite
 
 
-def _sqlite_store(lab_dir: Path):
+def _sqlite_store(lab_dir: Path) -> SqliteLeaseStore:
     from tartan.ipam.lease_sqlite import SqliteLeaseStore
 
     return SqliteLeaseStore(sqlite_path(lab_dir))
 
 
-def sqlite_leases(lab_dir: Path) -> list[Lease]:
+def sqlite_leases(lab_dir: Path) -> list[LeaseRow]:
     if not sqlite_path(lab_dir).exists():
         return []
     store = _sqlite_store(lab_dir)
@@ -159,7 +165,7 @@ def sqlite_leases(lab_dir: Path) -> list[Lease]:
         found, _revision = store.list_leases()
     finally:
         store.close()
-    return [Lease(str(x.subnet), x.attrs.public_ip, x.attrs.backend_type,
+    return [LeaseRow(str(x.subnet), x.attrs.public_ip, x.attrs.backend_type,
                   None if math.isinf(x.expiration) else x.expiration) for x in found]
 
 
@@ -175,7 +181,7 @@ def sqlite_delete(lab_dir: Path, subnet: str) -> bool:
 # ------------------------------------------------------------------------------ both
 
 
-def leases(store: str, lab: str, lab_dir: Path) -> list[Lease]:
+def leases(store: str, lab: str, lab_dir: Path) -> list[LeaseRow]:
     found = etcd_leases(lab) if store == "etcd" else sqlite_leases(lab_dir)
     return sorted(found, key=lambda lease: _subnet_key(lease.subnet))
 

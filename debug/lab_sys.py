@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 NETNS_DIR = Path("/run/netns")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -42,6 +43,16 @@ def _first_line(proc: subprocess.CompletedProcess) -> str:
     return text[-1] if text else f"exit {proc.returncode}"
 
 
+def _detached(argv: list[str], out: IO[bytes] | int, env: dict[str, str] | None) -> int:
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    except FileNotFoundError:
+        raise LabError(f"{argv[0]} is not installed") from None
+    _CHILDREN[proc.pid] = proc
+    return proc.pid
+
+
 class Sys:
     """Runs programs; `run` raises LabError (naming `what`) when one fails."""
 
@@ -65,17 +76,10 @@ class Sys:
     def spawn(self, argv: list[str], log: Path | None = None,
               env: dict[str, str] | None = None) -> int:
         """Start a long-lived process detached from us (own session); its pid."""
-        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        except FileNotFoundError:
-            raise LabError(f"{argv[0]} is not installed") from None
-        finally:
-            if log:
-                out.close()
-        _CHILDREN[proc.pid] = proc
-        return proc.pid
+        if log is None:
+            return _detached(argv, subprocess.DEVNULL, env)
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            return _detached(argv, out, env)
 
     def ip(self, *args: str, netns: str | None = None, what: str = "") -> str:
         argv = ["ip", "-n", netns, *args] if netns else ["ip", *args]

@@ -24,7 +24,7 @@ def node_row(node: Node, status: dict | None) -> list[object]:
             me.get("subnet"), f"{programmed}/{len(peers)}" if status else None]
 
 
-def lease_rows(leases: list[lab_store.Lease], ips: dict[str, str],
+def lease_rows(leases: list[lab_store.LeaseRow], ips: dict[str, str],
                now: float) -> list[list[object]]:
     return [[lease.subnet, lease.public_ip, ips.get(lease.public_ip, "(not in the lab)"),
              lease.backend, relative(lease.expires - now) if lease.expires else None]

@@ -12,9 +12,9 @@ import time
 import urllib.error
 import urllib.request
 
+from tartan.backends.agent import DEFAULT_HTTP_ADDR
 from tartan.debug.fmt import relative, table
 
-DEFAULT_ADDR = "127.0.0.1:9808"
 # Never through a proxy from the environment: the agent is on this machine.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -67,8 +67,8 @@ def render(doc: dict, now: float) -> list[str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="this node's lease, readiness and peers")
-    p.add_argument("--http-addr", default=DEFAULT_ADDR,
-                   help=f"tartand's HTTP address (default {DEFAULT_ADDR})")
+    p.add_argument("--http-addr", default=DEFAULT_HTTP_ADDR,
+                   help=f"tartand's HTTP address (default {DEFAULT_HTTP_ADDR})")
     p.set_defaults(run=run)
 
 

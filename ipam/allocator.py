@@ -14,7 +14,7 @@ from tartan.ipam.store import Attachment, Store
 
 
 @dataclass(frozen=True)
-class Lease:
+class Reservation:
     ip: IPAddress
     range: Range
     new: bool  # False when the owner already held it (a repeated ADD)
@@ -43,7 +43,7 @@ class Allocator:
         self.store = store
         self.range_id = range_id
 
-    def get(self, owner: Attachment, requested: IPAddress | None = None) -> Lease:
+    def get(self, owner: Attachment, requested: IPAddress | None = None) -> Reservation:
         held = self.held(owner)
         if held:
             return self._existing(owner, held[0], requested)
@@ -63,21 +63,22 @@ class Allocator:
     def free(self) -> int:
         return self.rangeset.size - reserved_in(self.rangeset, self.store.reservations())
 
-    def _lease(self, ip: IPAddress, new: bool) -> Lease:
+    def _reservation(self, ip: IPAddress, new: bool) -> Reservation:
         found = self.rangeset.range_for(ip)
         assert found is not None
-        return Lease(ip, found, new)
+        return Reservation(ip, found, new)
 
-    def _existing(self, owner: Attachment, ip: IPAddress, requested: IPAddress | None) -> Lease:
+    def _existing(self, owner: Attachment, ip: IPAddress,
+                  requested: IPAddress | None) -> Reservation:
         # Newer host-local returns an existing reservation for the same container+ifname.
         if requested is not None and requested != ip:
             raise errors.InvalidConfig(
                 f"container {owner.container_id} {owner.ifname} already holds {ip} in range set "
                 f"{self.rangeset}, not the requested {requested}; DEL it before asking for another"
             )
-        return self._lease(ip, new=False)
+        return self._reservation(ip, new=False)
 
-    def _reserve_requested(self, owner: Attachment, ip: IPAddress) -> Lease:
+    def _reserve_requested(self, owner: Attachment, ip: IPAddress) -> Reservation:
         found = self.rangeset.range_for(ip)
         if found is None:
             raise errors.InvalidConfig(f"requested IP {ip} is not in range set {self.rangeset}")
@@ -91,13 +92,13 @@ class Allocator:
             raise errors.TryAgainLater(
                 f"requested IP {ip} is already reserved{who}; retry after it is released"
             )
-        return self._lease(ip, new=True)
+        return self._reservation(ip, new=True)
 
-    def _next_free(self, owner: Attachment) -> Lease:
+    def _next_free(self, owner: Attachment) -> Reservation:
         last = self.store.last_reserved(self.range_id)
         for ip, _ in self.rangeset.candidates(last):
             if self.store.reserve(owner, ip, self.range_id):
-                return self._lease(ip, new=True)
+                return self._reservation(ip, new=True)
         raise errors.TryAgainLater(
             exhausted_message(self.rangeset, self.store.reservations()),
             details="release addresses (DEL or GC stale containers) or widen the range",
@@ -133,19 +134,19 @@ def allocate(
     store: Store,
     owner: Attachment,
     requested: Sequence[IPAddress] = (),
-) -> list[Lease]:
+) -> list[Reservation]:
     """One address from every range set, all or nothing."""
     wanted = assign_requested(range_sets, requested)
-    leases: list[Lease] = []
+    reservations: list[Reservation] = []
     try:
         for index, rangeset in enumerate(range_sets):
-            leases.append(Allocator(rangeset, store, index).get(owner, wanted.get(index)))
+            reservations.append(Allocator(rangeset, store, index).get(owner, wanted.get(index)))
     except BaseException:
-        for lease in leases:
-            if lease.new:
-                store.release(lease.ip)
+        for reservation in reservations:
+            if reservation.new:
+                store.release(reservation.ip)
         raise
-    return leases
+    return reservations
 
 
 def is_valid(holder: Attachment, valid: Collection[Attachment]) -> bool:

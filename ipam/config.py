@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tartan.cni import errors
 from tartan.cni.types import DNS, Route
@@ -25,8 +25,10 @@ from tartan.ipam.store import Attachment
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _NAME_MAX = 255  # one path component
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-_JSON_TYPES = {dict: "an object", list: "a list", str: "a string"}
+_JSON_TYPES: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
 GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+JsonType = TypeVar("JsonType", dict, list, str)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def _quote(value: Any) -> str:
     return json.dumps(value)
 
 
-def _typed(value: Any, kind: type, path: str) -> Any:
+def _typed(value: Any, kind: type[JsonType], path: str) -> JsonType | None:
     """`value` if it is of `kind` (or None when absent); a decode failure otherwise."""
     if value is None or isinstance(value, kind):
         return value

@@ -25,6 +25,9 @@ from tartan.ipam.netconf import NetworkConfig
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 24 * 3600.0  # flannel's subnet lease TTL
+DEFAULT_SQLITE_PATH = "/var/lib/tartan/leases.db"
+DEFAULT_ETCD_ENDPOINT = "http://127.0.0.1:2379"
+DEFAULT_ETCD_PREFIX = "/coreos.com/network"  # flannel's default --etcd-prefix
 RENEW_FRACTION = 0.5  # renew once half of the TTL is left
 ACQUIRE_ROUNDS = 16  # lists + create attempts before giving up on a contended network
 RANDOM_PROBES = 64  # random picks before listing every free subnet
@@ -172,13 +175,13 @@ def open_store(url: str, *, prefix: str | None = None, clock: Clock = time.time)
     """A store from the agent's --store URL: sqlite:/path, http://host:port[,...], memory:."""
     scheme, _, rest = url.partition(":")
     if scheme == "sqlite":
-        from tartan.ipam.lease_sqlite import DEFAULT_PATH, SqliteLeaseStore
+        from tartan.ipam.lease_sqlite import SqliteLeaseStore
 
-        return SqliteLeaseStore(rest or DEFAULT_PATH, clock=clock)
+        return SqliteLeaseStore(rest or DEFAULT_SQLITE_PATH, clock=clock)
     if scheme in ("http", "https"):
-        from tartan.ipam.lease_etcd import DEFAULT_PREFIX, EtcdLeaseStore
+        from tartan.ipam.lease_etcd import EtcdLeaseStore
 
-        return EtcdLeaseStore(url.split(","), prefix=prefix or DEFAULT_PREFIX, clock=clock)
+        return EtcdLeaseStore(url.split(","), prefix=prefix or DEFAULT_ETCD_PREFIX, clock=clock)
     if scheme == "memory":
         from tartan.ipam.lease_memory import MemoryLeaseStore
 

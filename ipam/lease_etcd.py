@@ -39,6 +39,7 @@ with warnings.catch_warnings():  # its old generated code warns on every message
     from etcd3.exceptions import Etcd3Exception
 
 from tartan.ipam.lease import (  # noqa: E402
+    DEFAULT_ETCD_PREFIX,
     Clock,
     Lease,
     LeaseAttrs,
@@ -50,7 +51,6 @@ from tartan.ipam.netconf import WHOLE, decode_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "/coreos.com/network"  # flannel's default --etcd-prefix
 DEFAULT_PORT = 2379
 DEFAULT_TIMEOUT = 5.0
 _FAILURES = (Etcd3Exception, grpc.RpcError)
@@ -76,7 +76,7 @@ def _reason(exc: BaseException) -> str:
 class EtcdLeaseStore:
     """Leases under `prefix` in the etcd cluster at `endpoints` (the first reachable one)."""
 
-    def __init__(self, endpoints: str | Sequence[str], prefix: str = DEFAULT_PREFIX,
+    def __init__(self, endpoints: str | Sequence[str], prefix: str = DEFAULT_ETCD_PREFIX,
                  clock: Clock = time.time, timeout: float = DEFAULT_TIMEOUT) -> None:
         urls = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
         self.urls = [url.strip() for url in urls if url.strip()]

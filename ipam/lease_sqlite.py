@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tartan.ipam.lease import (
+    DEFAULT_SQLITE_PATH,
     Clock,
     Lease,
     LeaseAttrs,
@@ -33,7 +34,6 @@ from tartan.ipam.lease import (
 )
 from tartan.ipam.netconf import WHOLE, decode_json
 
-DEFAULT_PATH = "/var/lib/tartan/leases.db"
 # Opening fails this way only when the path itself is wrong: no retry will fix it.
 _PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                                errno.EACCES, errno.EPERM, errno.EROFS})
@@ -73,7 +73,7 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
 class SqliteLeaseStore:
     """Leases in `path`; `clock` decides expiry (tests pass a fake one)."""
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_PATH, clock: Clock = time.time,
+    def __init__(self, path: str | os.PathLike = DEFAULT_SQLITE_PATH, clock: Clock = time.time,
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.path = Path(path)
         self.clock = clock

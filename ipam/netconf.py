@@ -3,6 +3,10 @@
 Keys match case-insensitively and a later duplicate wins, as Go's encoding/json decodes
 them into flannel's Config struct; unknown keys are ignored. Every error is a
 `NetConfError` whose message is one line naming the field and the fix.
+
+The `Backend` section is kept as it is (keys lower-cased) and parsed by the backend it
+names, in tartan.backends, as flannel's backends parse their own; the field readers below
+are shared with them so every field error reads the same.
 """
 
 from __future__ import annotations
@@ -14,16 +18,6 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-BACKENDS = ("vxlan", "host-gw")
-# flannel backends an operator may carry over in a config; named so the error says
-# "not supported" rather than "not a backend".
-FLANNEL_ONLY_BACKENDS = (
-    "udp", "ipip", "wireguard", "ipsec", "alloc", "extension", "gce", "aws-vpc", "ali-vpc",
-    "tencent-vpc",
-)
-DEFAULT_VNI = 1
-DEFAULT_PORT = 8472  # the Linux kernel's VXLAN port, which flannel uses by default
-MAX_VNI = (1 << 24) - 1
 WHOLE = "net-conf.json"  # the `field` of errors about the document as a whole
 
 
@@ -36,21 +30,12 @@ class NetConfError(ValueError):
 
 
 @dataclass(frozen=True)
-class BackendConfig:
-    type: str = "vxlan"
-    vni: int = DEFAULT_VNI
-    port: int = DEFAULT_PORT
-    direct_routing: bool = False
-    mtu: int = 0  # 0: derive from the uplink's MTU
-
-
-@dataclass(frozen=True)
 class NetworkConfig:
     network: IPv4Network
     subnet_len: int
     subnet_min: IPv4Network
     subnet_max: IPv4Network
-    backend: BackendConfig
+    backend: dict[str, Any] = field(default_factory=dict)  # the Backend section, keys folded
     raw: dict = field(default_factory=dict, compare=False)
 
     def subnet_count(self) -> int:
@@ -78,9 +63,9 @@ class NetworkConfig:
 def parse_network_config(data: Mapping[str, Any] | str | bytes) -> NetworkConfig:
     """Parse and validate net-conf.json (a decoded object or its JSON text)."""
     raw = _decode(data)
-    conf = _fold(raw)
+    conf = fold(raw)
     _check_ipv6(conf)
-    if not _bool(conf, "EnableIPv4", True):
+    if not flag(conf, "EnableIPv4", True):
         raise NetConfError(
             "EnableIPv4", "EnableIPv4: false is not supported: Tartan needs an IPv4 Network; "
             "remove EnableIPv4")
@@ -111,38 +96,38 @@ def decode_json(text: str | bytes, source: str = WHOLE) -> dict:
 
 def _object(data: Any, source: str = WHOLE) -> dict:
     if not isinstance(data, Mapping):
-        raise NetConfError(WHOLE, f"{source} must be a JSON object, not {_show(data)}")
+        raise NetConfError(WHOLE, f"{source} must be a JSON object, not {show(data)}")
     return dict(data)
 
 
-def _fold(obj: Mapping[str, Any]) -> dict[str, Any]:
+def fold(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Keys lower-cased, the last duplicate winning: Go's case-insensitive field match."""
     return {key.lower(): value for key, value in obj.items() if value is not None}
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     shown = json.dumps(value)
     return shown if len(shown) <= 40 else f"{shown[:37]}..."
 
 
-def _int(conf: Mapping[str, Any], name: str, default: int, path: str = "") -> int:
+def whole_number(conf: Mapping[str, Any], name: str, default: int, path: str = "") -> int:
     value = conf.get(name.lower(), default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise NetConfError(path + name, f"{path}{name} must be a whole number, not {_show(value)}")
+        raise NetConfError(path + name, f"{path}{name} must be a whole number, not {show(value)}")
     return value
 
 
-def _bool(conf: Mapping[str, Any], name: str, default: bool, path: str = "") -> bool:
+def flag(conf: Mapping[str, Any], name: str, default: bool, path: str = "") -> bool:
     value = conf.get(name.lower(), default)
     if not isinstance(value, bool):
-        raise NetConfError(path + name, f"{path}{name} must be true or false, not {_show(value)}")
+        raise NetConfError(path + name, f"{path}{name} must be true or false, not {show(value)}")
     return value
 
 
-def _str(conf: Mapping[str, Any], name: str, path: str = "") -> str | None:
+def string(conf: Mapping[str, Any], name: str, path: str = "") -> str | None:
     value = conf.get(name.lower())
     if value is not None and not isinstance(value, str):
-        raise NetConfError(path + name, f"{path}{name} must be a string, not {_show(value)}")
+        raise NetConfError(path + name, f"{path}{name} must be a string, not {show(value)}")
     return value
 
 
@@ -151,7 +136,7 @@ def _str(conf: Mapping[str, Any], name: str, path: str = "") -> str | None:
 
 def _cidr(conf: Mapping[str, Any], name: str, version: int) -> ipaddress._BaseNetwork | None:
     """A CIDR; host bits are dropped, as flannel's net.ParseCIDR does."""
-    text = _str(conf, name)
+    text = string(conf, name)
     if text is None:
         return None
     example = "10.244.0.0/16" if version == 4 else "fd00:10:244::/56"
@@ -160,7 +145,7 @@ def _cidr(conf: Mapping[str, Any], name: str, version: int) -> ipaddress._BaseNe
             raise ValueError(text)
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise NetConfError(name, f"{name} {_show(text)} is not a valid CIDR; use address/prefix "
+        raise NetConfError(name, f"{name} {show(text)} is not a valid CIDR; use address/prefix "
                            f"such as {example}") from None
     if net.version != version:
         raise NetConfError(name, f"{name} {text} is not an IPv{version} CIDR; use e.g. {example}")
@@ -178,7 +163,7 @@ def _network(conf: Mapping[str, Any]) -> IPv4Network:
 
 def _subnet_len(conf: Mapping[str, Any], network: IPv4Network) -> int:
     prefix = network.prefixlen
-    length = _int(conf, "SubnetLen", 0)
+    length = whole_number(conf, "SubnetLen", 0)
     if length == 0:  # flannel: /24 per node, or a quarter of a small Network
         if prefix > 28:
             raise NetConfError("Network", f"Network {network} is too small to split into node "
@@ -196,7 +181,7 @@ def _subnet_len(conf: Mapping[str, Any], network: IPv4Network) -> int:
 def _bound(conf: Mapping[str, Any], name: str, network: IPv4Network,
            subnet_len: int) -> IPv4Network | None:
     """SubnetMin/SubnetMax: flannel gives an address; a CIDR of SubnetLen is accepted too."""
-    text = _str(conf, name)
+    text = string(conf, name)
     if text is None:
         return None
     address, _, length = text.partition("/")
@@ -204,7 +189,7 @@ def _bound(conf: Mapping[str, Any], name: str, network: IPv4Network,
         start = IPv4Address(address)
         subnet = IPv4Network((start, int(length) if length else subnet_len), strict=False)
     except ValueError:
-        raise NetConfError(name, f"{name} {_show(text)} is not an IPv4 address; give the first "
+        raise NetConfError(name, f"{name} {show(text)} is not an IPv4 address; give the first "
                            f"address of a /{subnet_len} subnet") from None
     if subnet.prefixlen != subnet_len or subnet.network_address != start:
         aligned = IPv4Network((start, subnet_len), strict=False)
@@ -234,16 +219,16 @@ def _range(conf: Mapping[str, Any], network: IPv4Network,
 
 def _check_ipv6(conf: Mapping[str, Any]) -> None:
     _cidr(conf, "IPv6Network", 6)
-    length = _int(conf, "IPv6SubnetLen", 0)
+    length = whole_number(conf, "IPv6SubnetLen", 0)
     if not 0 <= length <= 128:
         raise NetConfError("IPv6SubnetLen", f"IPv6SubnetLen {length} must be between 0 and 128")
     for name in ("IPv6SubnetMin", "IPv6SubnetMax"):
-        text = _str(conf, name)
+        text = string(conf, name)
         if text is not None and not _is_ipv6(text):
-            raise NetConfError(name, f"{name} {_show(text)} is not an IPv6 address")
+            raise NetConfError(name, f"{name} {show(text)} is not an IPv6 address")
     if conf.get("ipv6networks"):
         raise NetConfError("IPv6Networks", "IPv6 is not supported yet: remove IPv6Networks")
-    if _bool(conf, "EnableIPv6", False):
+    if flag(conf, "EnableIPv6", False):
         raise NetConfError("EnableIPv6", "IPv6 is not supported yet: remove EnableIPv6")
 
 
@@ -257,49 +242,10 @@ def _is_ipv6(text: str) -> bool:
 # -- backend --------------------------------------------------------------------------
 
 
-def _backend(raw: Any) -> BackendConfig:
+def _backend(raw: Any) -> dict[str, Any]:
     if raw is None:
-        return BackendConfig()
+        return {}
     if not isinstance(raw, Mapping):
         raise NetConfError("Backend", f"Backend must be an object such as "
-                           f'{{"Type": "vxlan"}}, not {_show(raw)}')
-    conf = _fold(raw)
-    kind = _backend_type(conf)
-    return BackendConfig(
-        type=kind,
-        vni=_ranged(conf, "VNI", DEFAULT_VNI, 1, MAX_VNI),
-        port=_ranged(conf, "Port", DEFAULT_PORT, 1, 65535, zero_is_default=True),
-        direct_routing=_bool(conf, "DirectRouting", False, "Backend."),
-        mtu=_mtu(conf),
-    )
-
-
-def _backend_type(conf: Mapping[str, Any]) -> str:
-    kind = (_str(conf, "Type", "Backend.") or "vxlan").lower()  # flannel lower-cases it too
-    valid = " or ".join(BACKENDS)
-    if kind in FLANNEL_ONLY_BACKENDS:
-        raise NetConfError("Backend.Type", f"Backend.Type {_show(kind)} is a flannel backend "
-                           f"Tartan does not support; use {valid}")
-    if kind not in BACKENDS:
-        raise NetConfError("Backend.Type", f"Backend.Type {_show(kind)} is not a backend; "
-                           f"use {valid}")
-    return kind
-
-
-def _ranged(conf: Mapping[str, Any], name: str, default: int, low: int, high: int,
-            zero_is_default: bool = False) -> int:
-    value = _int(conf, name, default, "Backend.")
-    if value == 0 and zero_is_default:
-        return default  # flannel: Port 0 means the kernel's default port
-    if not low <= value <= high:
-        raise NetConfError(f"Backend.{name}", f"Backend.{name} {value} is out of range; "
-                           f"use {low} to {high}")
-    return value
-
-
-def _mtu(conf: Mapping[str, Any]) -> int:
-    mtu = _int(conf, "MTU", 0, "Backend.")
-    if mtu != 0 and not 68 <= mtu <= 65535:
-        raise NetConfError("Backend.MTU", f"Backend.MTU {mtu} is out of range; use 68 to 65535, "
-                           "or 0 to derive it from the uplink")
-    return mtu
+                           f'{{"Type": "vxlan"}}, not {show(raw)}')
+    return fold(raw)

@@ -46,9 +46,9 @@ def add(args: skel.CmdArgs) -> Result:
     store = _store(conf)
     with store.lock():
         store.release_stale()
-        leases = allocator.allocate(conf.range_sets, store, _owner(args), conf.requested)
+        reservations = allocator.allocate(conf.range_sets, store, _owner(args), conf.requested)
     return Result(
-        ips=[IPConfig(address=lease.address, gateway=str(lease.range.gateway)) for lease in leases],
+        ips=[IPConfig(address=r.address, gateway=str(r.range.gateway)) for r in reservations],
         routes=list(conf.routes),
         dns=dns,
     )

@@ -80,7 +80,7 @@ class Range:
         _check_host("rangeStart", self.start, self.subnet)
         _check_host("rangeEnd", self.end, self.subnet)
         _check_host("gateway", self.gateway, self.subnet)
-        if self.start > self.end:
+        if int(self.start) > int(self.end):  # one family: _check_host put both in subnet
             raise RangeError(
                 "rangeEnd", f"{self.end} is before rangeStart {self.start}; swap them"
             )
@@ -101,7 +101,7 @@ class Range:
         return total - (1 if self.contains(self.gateway) else 0)
 
     def contains(self, ip: IPAddress) -> bool:
-        return ip.version == self.version and self.start <= ip <= self.end
+        return ip.version == self.version and int(self.start) <= int(ip) <= int(self.end)
 
     def allocatable(self, ip: IPAddress) -> bool:
         return self.contains(ip) and ip != self.gateway
@@ -109,8 +109,8 @@ class Range:
     def overlaps(self, other: Range) -> bool:
         return (
             self.version == other.version
-            and self.start <= other.end
-            and other.start <= self.end
+            and int(self.start) <= int(other.end)
+            and int(other.start) <= int(self.end)
         )
 
     def _usable_bounds(self) -> tuple[IPAddress, IPAddress]:
@@ -166,7 +166,7 @@ class RangeSet:
             return [(r, r.start, r.end) for r in self.ranges]
         count = len(self.ranges)
         here = self.ranges[index]
-        head = [(here, last + 1, here.end)] if last < here.end else []
+        head = [(here, last + 1, here.end)] if int(last) < int(here.end) else []
         others = [self.ranges[(index + k) % count] for k in range(1, count)]
         return [*head, *((r, r.start, r.end) for r in others), (here, here.start, last)]
 

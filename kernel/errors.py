@@ -37,6 +37,10 @@ class IptablesFailure(TartanError):
     code = IPTABLES_FAILURE
 
 
+class IpsetFailure(IptablesFailure):
+    """ipset failed, cannot be run, or was given a set it must not see (same code)."""
+
+
 class Gone(Exception):
     """Something DEL wanted to remove is already gone; DEL treats this as success."""
 

@@ -30,7 +30,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from tartan.kernel import errors
@@ -146,7 +146,7 @@ class LiveTable:
     name: str
     chains: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
 
-    def rules(self) -> Iterable[Rule]:
+    def rules(self) -> Iterator[Rule]:
         for chain, rules in self.chains.items():
             for args in rules:
                 yield Rule(chain, args)
@@ -237,7 +237,7 @@ class Iptables:
         proc = self.runner([self.save_cmd, "-t", check_table(table)], None)
         if proc.returncode != 0:
             raise errors.IptablesFailure(
-                f"{self.save_cmd} -t {table} failed: {_first_line(proc.stderr)}", proc.stderr)
+                f"{self.save_cmd} -t {table} failed: {first_line(proc.stderr)}", proc.stderr)
         try:
             return parse_save(proc.stdout, table)
         except ValueError as exc:
@@ -295,6 +295,11 @@ class _Job:
     changed: bool = False
     error: errors.TartanError | None = None
     done: bool = False
+
+    def planned(self) -> Table:
+        """The state `build` made; a job is verified or applied only after that."""
+        assert self.state is not None, "the batch builds every job's state before applying it"
+        return self.state
 
     def result(self) -> bool:
         if self.error is not None:
@@ -397,7 +402,7 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
         try:
             job.state = job.build(live)
             job.lines = plan(job.state, live)
-        except Exception as exc:  # noqa: BLE001 - one caller's bug is that caller's error
+        except Exception as exc:  # one caller's bug is that caller's error
             job.error = _caller_error(table, exc)
             continue
         footprint = _Footprint.of(job.lines)
@@ -425,7 +430,7 @@ def _run_batch(ipt: Iptables, table: str, batch: list[_Job]) -> None:
 
 def _verify(ipt: Iptables, job: _Job) -> None:
     try:
-        ipt._verify(job.state)
+        ipt._verify(job.planned())
     except errors.TartanError as exc:
         job.error = exc
 
@@ -436,9 +441,9 @@ def _run_alone(ipt: Iptables, table: str, job: _Job, live: LiveTable | None) -> 
         if live is None:
             live = ipt.read(table)
             job.state = job.build(live)
-        job.changed = ipt._apply_alone(job.state, live)
+        job.changed = ipt._apply_alone(job.planned(), live)
         job.error = None
-    except Exception as exc:  # noqa: BLE001 - one caller's bug is that caller's error
+    except Exception as exc:  # one caller's bug is that caller's error
         job.error = _caller_error(table, exc)
 
 
@@ -453,12 +458,12 @@ def restore_error(cmd: str, table: str, payload: list[str], stderr: str) -> erro
     index = _failing_index(payload, stderr)
     if index is None:
         return errors.IptablesFailure(
-            f"{cmd} failed in table {table}: {_first_line(stderr)}",
-            f"{stderr.strip()}\npayload:\n{_numbered(payload, 0, len(payload))}")
-    details = _numbered(payload, max(0, index - _CONTEXT), index + _CONTEXT + 1, mark=index)
+            f"{cmd} failed in table {table}: {first_line(stderr)}",
+            f"{stderr.strip()}\npayload:\n{numbered_lines(payload, 0, len(payload))}")
+    details = numbered_lines(payload, max(0, index - _CONTEXT), index + _CONTEXT + 1, mark=index)
     return errors.IptablesFailure(
         f"{cmd} failed in table {table} at line {index + 1} ({payload[index]}): "
-        f"{_first_line(stderr)}", f"{stderr.strip()}\n{details}")
+        f"{first_line(stderr)}", f"{stderr.strip()}\n{details}")
 
 
 def _failing_index(payload: list[str], stderr: str) -> int | None:
@@ -479,11 +484,11 @@ def _failing_index(payload: list[str], stderr: str) -> int | None:
     return index
 
 
-def _numbered(payload: list[str], start: int, stop: int, mark: int = -1) -> str:
+def numbered_lines(payload: list[str], start: int, stop: int, mark: int = -1) -> str:
     return "\n".join(f"{'>' if i == mark else ' '} {i + 1:4d}  {payload[i]}"
                      for i in range(start, min(stop, len(payload))))
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0] if lines else "no error output"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +30,7 @@ class Link:
 
 
 @contextmanager
-def kernel_op(what: str):
+def kernel_op(what: str) -> Iterator[None]:
     """Turn netlink errors into KernelFailure naming the operation."""
     try:
         yield

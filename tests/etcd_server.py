@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
+
+from harness import eventually
 
 ETCD = Path("/usr/bin/etcd")
 START_TIMEOUT = 15.0
@@ -61,14 +62,8 @@ class EtcdServer:
         return self
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.healthy():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"etcd not healthy after {START_TIMEOUT} s: {self.log_tail()}")
+        eventually(self.healthy, START_TIMEOUT, 0.1, process=self.proc,
+                   what=lambda: f"etcd healthy: {self.log_tail()}")
 
     def healthy(self) -> bool:
         if self.netns:

@@ -3,6 +3,10 @@
 Kernel tests make a "host" network namespace per case (the plugin runs inside it, so the
 bridge, veths and iptables rules never touch the real host) and a "container" namespace per
 pod. Everything is removed in finalizers, also when the test fails half-way.
+
+Waiting is written once, here: `eventually` polls a condition until it holds, `completes`
+runs a call that must return on its own. Their timeouts are hang guards, not timing goals
+(those belong in bench/): a loaded machine makes a test slower, never wrong.
 """
 
 from __future__ import annotations
@@ -12,15 +16,22 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
 REFERENCE_CNI = Path("/usr/lib/cni")
 NETNS_DIR = Path("/run/netns")
+HANG_GUARD = 30.0  # seconds: only to fail a call that hangs, never to say "fast enough"
+
+T = TypeVar("T")
 
 
 def plugin_dir() -> Path:
@@ -159,3 +170,66 @@ def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
 
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+
+
+def _say(what: str | Callable[[], str]) -> str:
+    return what() if callable(what) else what
+
+
+def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.1,
+               what: str | Callable[[], str] = "", *,
+               process: subprocess.Popen | None = None,
+               retry_on: tuple[type[BaseException], ...] = (AssertionError,),
+               pause: Callable[[float], object] = time.sleep) -> T:
+    """Call `check` until it passes and return what it returned.
+
+    It passes when it returns a truthy value; a falsy value, or one of `retry_on` raised
+    (AssertionError: a check may assert), means "not yet". Any other exception, and
+    pytest.fail, end the wait at once, as does the exit of `process` (a process the
+    condition depends on). After `timeout` seconds: AssertionError naming `what` (text, or a
+    callable called only then, e.g. to add a log) and the last value or exception.
+    `pause(interval)` runs between calls (a store's wait may stand in for a sleep).
+    """
+    deadline = time.monotonic() + timeout
+    name = getattr(check, "__name__", "check")
+    while True:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{_say(what) or name}: pid {process.pid} exited with "
+                                 f"{process.returncode} while waiting")
+        try:
+            result = check()
+        except retry_on as exc:
+            last: object = exc
+        else:
+            if result:
+                return result
+            last = result
+        if time.monotonic() >= deadline:
+            message = f"{_say(what) or name}: not within {timeout:g} s; last: {last!r}"
+            raise AssertionError(message) from (last if isinstance(last, BaseException)
+                                                else None)
+        pause(interval)
+
+
+def completes(call: Callable[[], T], timeout: float = HANG_GUARD,
+              what: str = "") -> T:
+    """Run `call` in a thread and return its result (or raise what it raised): for calls
+    that must return on their own, e.g. a wait whose own timeout is far longer than this
+    hang guard, so that returning at all proves it did not sit out its timeout."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"completes:{what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{what or getattr(call, '__name__', 'call')} still running "
+                             f"after {timeout:g} s (hang guard)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

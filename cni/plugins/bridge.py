@@ -10,18 +10,30 @@ and each step runs even when an earlier one failed.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 from tartan.cni import errors, invoke, skel
 from tartan.cni.plugins.bridge_config import BridgeConfig, parse
 from tartan.cni.types import DNS, Interface, Result
+
+if TYPE_CHECKING:  # bridge_ops loads pyroute2: only commands that do kernel work import it
+    from tartan.cni.plugins.bridge_ops import Attachment
+    from tartan.kernel.addr import IfAddr
 
 
 def _ipam(command: str, args: skel.CmdArgs, conf: BridgeConfig) -> Result | None:
     return invoke.delegate(command, conf.ipam_type, args.stdin, args.env, args.path)
 
 
-def _result(ipam: Result, att, netns_path: str, conf: BridgeConfig) -> Result:
+def _addresses_from(result: Result | None, conf: BridgeConfig) -> Result:
+    if result is None or not result.ips:
+        raise errors.DelegateFailure(f"IPAM plugin {conf.ipam_type} returned no addresses")
+    return result
+
+
+def _result(ipam: Result, att: Attachment, netns_path: str, conf: BridgeConfig) -> Result:
     ipam.interfaces = [
         Interface(name=att.bridge.name, mac=att.bridge.mac),
         Interface(name=att.host_veth.name, mac=att.host_veth.mac),
@@ -34,7 +46,7 @@ def _result(ipam: Result, att, netns_path: str, conf: BridgeConfig) -> Result:
     return ipam
 
 
-def _addresses(result: Result) -> list:
+def _addresses(result: Result) -> list[IfAddr]:
     return [ipaddress.ip_interface(ip.address) for ip in result.ips]
 
 
@@ -51,10 +63,10 @@ def cmd_add(args: skel.CmdArgs) -> Result:
         bridge = ops.setup_bridge(host, conf)
         att = ops.setup_veth(host, container, args.netns, conf, bridge, args.container_id,
                              args.ifname, undo)
-        result = _ipam("ADD", args, conf)
-        undo.callback(ops.best_effort, _ipam, "DEL", args, conf)
-        if not result.ips:
-            raise errors.DelegateFailure(f"IPAM plugin {conf.ipam_type} returned no addresses")
+        reply = _ipam("ADD", args, conf)
+        ops.on_failure(undo, f"the address reservation ({conf.ipam_type})", _ipam, "DEL",
+                       args, conf)
+        result = _addresses_from(reply, conf)
         if conf.is_gateway:
             ops.fill_gateways(result)
             target = ops.gateway_link(host, conf, bridge)
@@ -68,7 +80,8 @@ def cmd_add(args: skel.CmdArgs) -> Result:
             from tartan.cni.plugins import bridge_masq as masq
 
             masq.setup(conf.name, args.container_id, _addresses(result))
-            undo.callback(ops.best_effort, masq.teardown, conf.name, args.container_id)
+            ops.on_failure(undo, "the masquerade rules", masq.teardown, conf.name,
+                           args.container_id)
         result = _result(result, att, args.netns, conf)
         undo.pop_all()
     return result
@@ -79,7 +92,7 @@ def cmd_del(args: skel.CmdArgs) -> None:
     from tartan.cni.plugins import bridge_ops as ops
 
     failures: list[errors.CniError] = []
-    steps = []
+    steps: list[Callable[[], object]] = []
     if args.netns:  # first: once the pod is off the bridge its address may be reused
         steps.append(lambda: ops.teardown_container(args.netns, args.ifname))
     steps.append(lambda: _ipam("DEL", args, conf))

@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 
 from tartan.cni import errors
 from tartan.kernel.iptables import Chain, Iptables, LiveTable, Rule, Table
@@ -56,7 +57,7 @@ def _table(network: str, container_id: str, addresses: list[Address]) -> Table:
     note = ("-m", "comment", "--comment", comment(network, container_id))
     subnets = dict.fromkeys(str(a.network) for a in addresses)
     version = addresses[0].version
-    rules = [("-d", subnet, *note, "-j", "ACCEPT") for subnet in subnets]
+    rules: list[tuple[str, ...]] = [("-d", subnet, *note, "-j", "ACCEPT") for subnet in subnets]
     rules.append(("!", "-d", MULTICAST[version], *note, "-j", "MASQUERADE"))
     jumps = [Rule("POSTROUTING", ("-s", f"{a.ip}/{a.max_prefixlen}", *note, "-j", chain))
              for a in addresses]
@@ -71,8 +72,7 @@ def setup(network: str, container_id: str, addresses: Iterable[Address], *,
     """
     changed = False
     for version, table in tables(network, container_id, addresses).items():
-        changed |= applier(version).apply_with(
-            "nat", lambda live, table=table: _without_stale_jumps(table, live))
+        changed |= applier(version).apply_with("nat", partial(_without_stale_jumps, table))
     return changed
 
 
@@ -119,7 +119,7 @@ def gc(network: str, valid_container_ids: set[str], *, applier: Applier = Iptabl
         def build(live: LiveTable) -> Table:
             found.clear()  # a caller run again after the batch builds from a new reading
             found.update(containers(live, network) - set(valid_container_ids))
-            return Table("nat", delete_chains=[chain_name(network, c) for c in sorted(found)])
+            return Table("nat", delete_chains=tuple(chain_name(network, c) for c in sorted(found)))
 
         ipt.apply_with("nat", build)
         return found

@@ -6,7 +6,6 @@ pyroute2's import.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import os
@@ -14,15 +13,16 @@ import socket
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from types import TracebackType
 
 from pyroute2 import IPRoute
 
 from tartan.cni import after_reply
-from tartan.cni.errors import CheckMismatch, Gone, InvalidConfig
+from tartan.cni.errors import CheckMismatch, Gone, InvalidConfig, TartanError
 from tartan.cni.plugins.bridge_config import BridgeConfig
 from tartan.cni.types import Result
 from tartan.kernel import addr, gso, link, netns, route
-from tartan.kernel.addr import Interface
+from tartan.kernel.addr import IfAddr
 from tartan.kernel.link import Link
 from tartan.kernel.route import RouteSpec
 
@@ -36,10 +36,26 @@ class Attachment:
     container: Link
 
 
-def best_effort(fn: Callable, *args: object) -> None:
-    """Run an undo step; a failing undo must not hide the error that triggered it."""
-    with contextlib.suppress(Exception):
-        fn(*args)
+def on_failure(undo: ExitStack, what: str, fn: Callable[..., object], *args: object) -> None:
+    """Register an undo step of ADD, run when a later step fails.
+
+    A failing undo must not hide the error that triggered it, nor vanish: it is added to that
+    error's details (the runtime logs them), naming what was left behind.
+    """
+
+    def run(exc_type: type[BaseException] | None, exc: BaseException | None,
+            tb: TracebackType | None) -> bool:
+        try:
+            fn(*args)
+        except Exception as failure:
+            note = f"undoing {what} failed, it may be left behind: {failure}"
+            if isinstance(exc, TartanError):
+                exc.details = f"{exc.details}\n{note}" if exc.details else note
+            elif exc is not None:
+                exc.add_note(note)
+        return False  # never swallow the error being unwound
+
+    undo.push(run)
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
@@ -65,7 +81,7 @@ def setup_veth(host: IPRoute, container: IPRoute, netns_path: str, conf: BridgeC
         link.add_veth(host, name, ifname, fd, conf.mtu)
     finally:
         os.close(fd)
-    undo.callback(best_effort, link.delete, host, name)
+    on_failure(undo, f"host veth {name}", link.delete, host, name)
     host_veth = link.require(host, name)
     link.set_master(host, host_veth.index, bridge.index)
     if conf.hairpin_mode:
@@ -96,7 +112,7 @@ def fill_gateways(result: Result) -> None:
             ip.gateway = str(ipaddress.ip_interface(ip.address).network.network_address + 1)
 
 
-def gateway_addresses(result: Result) -> list[Interface]:
+def gateway_addresses(result: Result) -> list[IfAddr]:
     out = []
     for ip in result.ips:
         if ip.gateway:
@@ -105,13 +121,13 @@ def gateway_addresses(result: Result) -> list[Interface]:
     return out
 
 
-def _conflicts(existing: list[Interface], wanted: Interface) -> list[Interface]:
+def _conflicts(existing: list[IfAddr], wanted: IfAddr) -> list[IfAddr]:
     if wanted.version == 4:
         return [a for a in existing if a != wanted]
     return [a for a in existing if a != wanted and a.network.overlaps(wanted.network)]
 
 
-def ensure_gateway(host: IPRoute, target: Link, wanted: Interface, force: bool) -> None:
+def ensure_gateway(host: IPRoute, target: Link, wanted: IfAddr, force: bool) -> None:
     """Put the gateway on the bridge; a different one already there is an error unless forced."""
     existing = addr.list_(host, target.index, wanted.version)
     if wanted in existing:

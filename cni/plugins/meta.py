@@ -106,16 +106,12 @@ def _for_this_call(delegate: dict, args: skel.CmdArgs) -> dict:
     return out
 
 
-def _resolve(args: skel.CmdArgs, conf: MetaConfig, required: bool) -> dict | None:
-    """The stored config, else one rebuilt from the subnet file, else (if allowed) None."""
+def _resolve(args: skel.CmdArgs, conf: MetaConfig) -> dict:
+    """The stored config, else one rebuilt from the subnet file (TryAgainLater when the
+    file is not there either)."""
     delegate = DelegateStore(conf.data_dir).load(args.container_id)
     if delegate is None:
-        try:
-            delegate = _rebuild(conf)
-        except errors.TryAgainLater:
-            if required:
-                raise
-            return None
+        delegate = _rebuild(conf)
     return _for_this_call(delegate, args)
 
 
@@ -133,7 +129,10 @@ def cmd_add(args: skel.CmdArgs) -> Result | None:
 
 def cmd_del(args: skel.CmdArgs) -> None:
     conf = parse(args.config)
-    delegate = _resolve(args, conf, required=False)
+    try:
+        delegate: dict | None = _resolve(args, conf)
+    except errors.TryAgainLater:
+        delegate = None  # no record and no subnet file: this node never set the pod up
     if delegate is not None:
         _invoke("DEL", args, delegate)
     # Only after the delegate succeeded: a retried DEL needs the same config.
@@ -144,7 +143,7 @@ def cmd_check(args: skel.CmdArgs) -> None:
     conf = parse(args.config)
     if args.config.get("prevResult") is None:
         raise errors.InvalidConfig("CHECK needs prevResult in the config")
-    _invoke("CHECK", args, _resolve(args, conf, required=True))
+    _invoke("CHECK", args, _resolve(args, conf))
 
 
 def _attachments(config: dict) -> tuple[str, list]:

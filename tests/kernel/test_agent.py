@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from etcd_server import EtcdServer
 
-from harness import Netns, plugin_dir
+from harness import Netns, eventually, plugin_dir
 
 pytestmark = pytest.mark.kernel
 
@@ -93,7 +93,6 @@ class Cluster:
         argv = [str(plugin_dir() / "tartand"), *store, "--net-config",
                 str(conf), "--iface", "eth0", "--subnet-file", str(node.subnet_file),
                 "--cni-socket", str(self.tmp / f"{node.ns.name}.sock"),
-                "--state-dir", str(self.tmp / f"{node.ns.name}-state"),
                 "--ip-masq", "--reconcile-interval", "1", *extra]
         with open(node.log, "ab") as log:
             node.proc = subprocess.Popen(["ip", "netns", "exec", node.ns.name, *argv],
@@ -105,27 +104,16 @@ class Cluster:
             node.proc.wait(timeout=10)
 
     def wait_ready(self, node: Node, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert node.proc.poll() is None, node.log.read_text()
-            if node.ns.run(str(plugin_dir() / "python"), "-c",
-                           "import urllib.request;urllib.request.urlopen("
-                           "'http://127.0.0.1:9808/readyz',timeout=1)",
-                           check=False).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"{node.ns.name} not ready:\n{node.log.read_text()}")
+        def ready() -> bool:
+            return node.ns.run(str(plugin_dir() / "python"), "-c",
+                               "import urllib.request;urllib.request.urlopen("
+                               "'http://127.0.0.1:9808/readyz',timeout=1)",
+                               check=False).returncode == 0
+        eventually(ready, timeout, process=node.proc,
+                   what=lambda: f"{node.ns.name} ready:\n{node.log.read_text()}")
 
 
-def eventually(check, timeout: float = 6.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+PEERS = 6.0  # seconds a peer's datapath may take to appear (hang guard)
 
 
 @pytest.fixture
@@ -156,12 +144,13 @@ def test_vxlan_programs_route_neighbour_and_fdb_for_each_peer(cluster):
     sub_b = b.subnet()
     gw_b = sub_b.split("/")[0]
 
-    def programmed():
+    def programmed() -> bool:
         assert f"{sub_b} via {gw_b} dev tartan.1 proto 152 onlink" in a.routes()
         assert "PERMANENT" in a.ns.run("ip", "neigh", "show", gw_b, "dev", "tartan.1").stdout
         assert f"dst {b.ip} self permanent" in a.ns.run("bridge", "fdb", "show",
                                                         "dev", "tartan.1").stdout
-    eventually(programmed)
+        return True
+    eventually(programmed, PEERS, what="b's route, neighbour and FDB entry on a")
     detail = a.ns.run("ip", "-d", "link", "show", "tartan.1").stdout
     assert "vxlan id 1" in detail and "nolearning" in detail and "mtu 1450" in detail
     subnet_env = a.subnet_file.read_text()
@@ -172,12 +161,13 @@ def test_vxlan_programs_route_neighbour_and_fdb_for_each_peer(cluster):
 def test_reconcile_restores_deleted_entries_and_removes_stale_ones(cluster):
     a, b = two_vxlan_nodes(cluster)
     sub_b = b.subnet()
-    eventually(lambda: _assert_in(sub_b, a.routes()))
+    eventually(lambda: _assert_in(sub_b, a.routes()), PEERS, what=f"route to {sub_b}")
     a.ns.run("ip", "route", "del", sub_b)
     a.ns.run("ip", "route", "add", "10.244.250.0/24", "via", "10.244.250.0", "dev", "tartan.1",
              "onlink", "proto", "152")
-    eventually(lambda: _assert_in(sub_b, a.routes()))
-    eventually(lambda: _assert_not_in("10.244.250.0/24", a.routes()))
+    eventually(lambda: _assert_in(sub_b, a.routes()), PEERS, what=f"route to {sub_b} restored")
+    eventually(lambda: _assert_not_in("10.244.250.0/24", a.routes()), PEERS,
+               what="stale route removed")
     assert "tartan_reconcile_corrections_total" in a.get("/metrics")
 
 
@@ -202,9 +192,10 @@ def test_a_deleted_lease_is_taken_back_without_exiting(cluster):
     import ipaddress
 
     store.delete(ipaddress.ip_network(sub_a))
-    eventually(lambda: _assert_in("lease.acquired", a.log.read_text().split("lease.lost")[-1]))
+    eventually(lambda: _assert_in("lease.acquired", a.log.read_text().split("lease.lost")[-1]),
+               PEERS, what="lease.acquired after lease.lost")
     assert a.proc.poll() is None
-    eventually(lambda: _assert_in(a.subnet(), b.routes()))
+    eventually(lambda: _assert_in(a.subnet(), b.routes()), PEERS, what="b's route to a")
 
 
 def test_host_gw_reports_peers_off_the_segment(cluster):
@@ -215,12 +206,14 @@ def test_host_gw_reports_peers_off_the_segment(cluster):
     for node in (a, b, c):
         cluster.wait_ready(node)
 
-    def reported():
+    def reported() -> bool:
         peers = {p["publicIP"]: p for p in a.status()["peers"]}
+        assert b.ip in peers and c.ip in peers, peers  # both may not be listed yet
         assert peers[b.ip]["mode"] == "host-gw" and peers[b.ip]["state"] == "programmed"
         assert peers[c.ip]["state"] == "skipped" and "not on this node's L2 segment" in \
             peers[c.ip]["reason"]
-    eventually(reported)
+        return True
+    eventually(reported, PEERS, what="a's /status peers")
     assert f"{b.subnet()} via {b.ip} dev eth0 proto 152" in a.routes()
     assert c.subnet() not in a.routes()
     assert "peer.skipped" in a.log.read_text()
@@ -234,11 +227,12 @@ def test_direct_routing_uses_host_gw_on_the_segment_and_vxlan_across(cluster):
     for node in (a, b, c):
         cluster.wait_ready(node)
 
-    def routed():
+    def routed() -> bool:
         routes = a.routes()
         assert f"{b.subnet()} via {b.ip} dev eth0 proto 152" in routes
         assert f"{c.subnet()} via {c.subnet().split('/')[0]} dev tartan.1" in routes
-    eventually(routed)
+        return True
+    eventually(routed, PEERS, what="host-gw route to b, vxlan route to c")
 
 
 def test_masquerade_and_forward_rules(cluster):
@@ -288,27 +282,32 @@ def test_etcd_outage_keeps_the_datapath_and_recovers(cluster):
     cluster.start_etcd()
     a, b = two_vxlan_nodes(cluster)
     sub_b = b.subnet()
-    eventually(lambda: _assert_in(sub_b, a.routes()))
+    eventually(lambda: _assert_in(sub_b, a.routes()), PEERS, what=f"route to {sub_b}")
     cluster.etcd.kill()
-    eventually(lambda: _assert_in("store.unavailable", a.log.read_text()))
+    eventually(lambda: _assert_in("store.unavailable", a.log.read_text()), PEERS,
+               what="store.unavailable logged")
     a.ns.run("ip", "route", "del", sub_b)
-    eventually(lambda: _assert_in(sub_b, a.routes()))  # still reconciled from the last leases
+    # still reconciled from the last leases
+    eventually(lambda: _assert_in(sub_b, a.routes()), PEERS, what=f"route to {sub_b} restored")
     time.sleep(30)
     assert a.proc.poll() is None and b.proc.poll() is None
     assert sub_b in a.routes() and a.subnet() in b.routes()
     cluster.etcd.start()
-    eventually(lambda: _assert_in("store.recovered", a.log.read_text()), timeout=20)
+    eventually(lambda: _assert_in("store.recovered", a.log.read_text()), 20,
+               what="store.recovered logged")
     c = cluster.add_node(1)
     cluster.start(c)
     cluster.wait_ready(c)
-    eventually(lambda: _assert_in(c.subnet(), a.routes()), timeout=10)
+    eventually(lambda: _assert_in(c.subnet(), a.routes()), 10, what="a's route to c")
     retries = [line for line in a.log.read_text().splitlines() if "store.unavailable" in line]
     assert any("retry_in=10.0" in line for line in retries)  # backed off, did not spin
 
 
-def _assert_in(needle: str, haystack: str) -> None:
+def _assert_in(needle: str, haystack: str) -> bool:
     assert needle in haystack
+    return True
 
 
-def _assert_not_in(needle: str, haystack: str) -> None:
+def _assert_not_in(needle: str, haystack: str) -> bool:
     assert needle not in haystack
+    return True

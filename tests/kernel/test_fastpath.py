@@ -16,7 +16,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import pytest
 
 from tartan.cni.fastpath import MAGIC, ask_agent
 
-from harness import Netns, plugin_dir, unique
+from harness import Netns, eventually, plugin_dir, unique
 
 pytestmark = pytest.mark.kernel
 
@@ -36,27 +36,56 @@ class PodRef:
     ifname: str = "eth0"
 
 
+TRACED_SERVER = Path(__file__).with_name("traced_cni_server.py")
+
+
 class Agent:
-    def __init__(self, ns, path: Path, mode: str = "600") -> None:
-        self.ns, self.path, self.mode = ns, path, mode
+    """The CNI server alone, in the node's netns. `traced`: the same server, telling on
+    stderr which requests it has begun and which it has answered (traced_cni_server.py)."""
+
+    def __init__(self, ns, path: Path, mode: str = "600", traced: bool = False) -> None:
+        self.ns, self.path, self.mode, self.traced = ns, path, mode, traced
         self.proc: subprocess.Popen | None = None
+        self.stderr: list[str] = []
+        self._reader: threading.Thread | None = None
 
     def start(self) -> Agent:
+        program = [str(TRACED_SERVER)] if self.traced else ["-m", "tartan.cni.server"]
         self.proc = subprocess.Popen(
-            ["nsenter", f"--net={self.ns.path}", sys.executable, "-m", "tartan.cni.server",
+            ["nsenter", f"--net={self.ns.path}", sys.executable, *program,
              "--socket", str(self.path), "--mode", self.mode],
-            stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while not self.path.exists():
-            assert self.proc.poll() is None, self.proc.stderr.read()
-            assert time.monotonic() < deadline, "CNI server did not start"
-            time.sleep(0.05)
+            stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,),
+                                        daemon=True)
+        self._reader.start()
+        eventually(self.path.exists, 20, 0.05, process=self.proc,
+                   what=lambda: "CNI server started:\n" + "".join(self.stderr))
         return self
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.stderr.append(line)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(10)  # all it wrote before it died
+
+    def unanswered(self) -> list[str]:
+        """Requests the (traced) server has begun and not answered, as "ADD <container>"."""
+        begun: list[str] = []
+        for line in list(self.stderr):
+            event, _, key = line.rstrip("\n").partition(" ")
+            if event == "begin":
+                begun.append(key)
+            elif event == "reply":
+                begun.remove(key)
+        return begun
+
+    def answered(self) -> int:
+        return sum(line.startswith("reply ") for line in list(self.stderr))
 
 
 @pytest.fixture
@@ -115,15 +144,6 @@ def interface_up(pod: PodRef) -> bool:
     return bool(out) and ",UP" in out.split(">")[0] + ","
 
 
-def wait_until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_del_through_the_agent_answers_with_the_pod_off_the_network_then_finishes(
         bridge_net, agent):
     pod = PodRef(bridge_net.factory("tp"), unique("ctr-"))
@@ -135,7 +155,8 @@ def test_del_through_the_agent_answers_with_the_pod_off_the_network_then_finishe
     assert bridge_net.reservations() == []
     assert not interface_up(pod)
     # the veth pair's deletion, which the agent finishes after the reply
-    assert wait_until(lambda: bridge_net.host_veths() == [] and "eth0" not in pod.ns.links())
+    eventually(lambda: bridge_net.host_veths() == [] and "eth0" not in pod.ns.links(), 10, 0.02,
+               what="the veth pair deleted after DEL's reply")
 
 
 def test_a_request_right_after_del_waits_for_the_agent_to_finish_it(bridge_net, agent):
@@ -148,7 +169,8 @@ def test_a_request_right_after_del_waits_for_the_agent_to_finish_it(bridge_net, 
         assert pod.ns.ping("10.250.0.1")
         assert run_in_node(bridge_net, agent, "DEL", pod)[0] == 0
     assert served(agent)
-    assert wait_until(lambda: bridge_net.host_veths() == [])
+    eventually(lambda: bridge_net.host_veths() == [], 10, 0.02,
+               what="every veth deleted after the last DEL's reply")
     assert bridge_net.reservations() == []
 
 
@@ -229,14 +251,25 @@ def assert_half_written_files_are_swept(bridge_net, agent) -> None:
         assert temp_files(bridge_net) == []
 
 
-def test_killing_the_agent_mid_batch_leaves_no_half_made_pod(bridge_net, agent):
+def test_killing_the_agent_mid_batch_leaves_no_half_made_pod(bridge_net, tmp_path):
+    agent = Agent(bridge_net.host, tmp_path / "traced.sock", traced=True).start()
     pods = [PodRef(bridge_net.factory("tq"), unique("ctr-"))
             for _ in range(12)]
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(run_in_node, bridge_net, agent, "ADD", p) for p in pods]
-        time.sleep(0.3)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(run_in_node, bridge_net, agent, "ADD", p) for p in pods]
+            # Mid-batch: some ADDs answered, several taken up by the agent and not answered.
+            eventually(lambda: agent.answered() >= 1 and len(agent.unanswered()) >= 2, 60,
+                       0.002, what=lambda: "agent busy mid-batch:\n" + "".join(agent.stderr))
+            agent.kill()
+            # The premise, from the dead agent's complete record: it was killed with
+            # requests it had begun (maybe half done) and never answered.
+            in_flight = agent.unanswered()
+            assert in_flight, "the agent had answered every request it took up when killed"
+            assert all(key.startswith("ADD ") for key in in_flight), in_flight
+            results = [f.result() for f in futures]
+    finally:
         agent.kill()
-        results = [f.result() for f in futures]
     for pod, (code, _out) in zip(pods, results, strict=True):
         if code == 0:
             assert "eth0" in pod.ns.links()

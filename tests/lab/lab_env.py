@@ -1,4 +1,5 @@
-"""Helpers for the lab end-to-end tests: a photo of the host, waiting, node datapath views.
+"""Helpers for the lab end-to-end tests: a photo of the host, node datapath views (waiting
+is harness.eventually).
 
 `HostSnapshot` records what a lab must never change in the host: its interfaces,
 addresses, routes, rules, iptables, host-level mounts, the node mount points and the lab
@@ -11,9 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,19 +75,6 @@ def _without_comments(saved: str) -> str:
 
 def lab_namespaces(name: str) -> list[str]:
     return [n for n in sh("ip", "netns", "list").split() if n.startswith(f"{name}-")]
-
-
-def eventually(check: Callable[[], object], timeout: float, interval: float = 0.2,
-               what: str = "") -> object:
-    """check()'s first truthy result within timeout; AssertionError naming `what` if none."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(interval)
 
 
 def routes(node: Node) -> str:

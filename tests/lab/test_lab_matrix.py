@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import pytest
 from lab_env import (
     down_clean,
-    eventually,
     fdb,
     lab_name,
     route_to,
@@ -28,6 +27,8 @@ from tartan.debug.lab_sys import netns_path
 from tartan.debug.lab_underlay import BIG_TCP_SIZE
 from tartan.kernel import gso
 from tartan.kernel.netns import entered
+
+from harness import eventually
 
 pytestmark = pytest.mark.kernel
 

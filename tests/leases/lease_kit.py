@@ -14,6 +14,8 @@ from tartan.ipam.lease_memory import MemoryLeaseStore
 from tartan.ipam.lease_sqlite import SqliteLeaseStore
 from tartan.ipam.netconf import NetworkConfig, parse_network_config
 
+from harness import eventually
+
 STORE_KINDS = ("memory", "sqlite", "etcd")
 
 
@@ -100,11 +102,11 @@ def one_free_subnet() -> NetworkConfig:
 
 def wait_until(store: LeaseStore, done: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Wait on the store (re-listing after every wake, as the agent does) until `done`."""
-    deadline = time.monotonic() + timeout
     _, revision = store.list_leases()
-    while not done():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        revision = store.wait(revision, min(left, 1.0))
-    return True
+
+    def wait_on_store(interval: float) -> None:
+        nonlocal revision
+        revision = store.wait(revision, interval)
+
+    return eventually(done, timeout, 1.0, what=f"{done.__name__} on {type(store).__name__}",
+                      pause=wait_on_store)

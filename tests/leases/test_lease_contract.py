@@ -11,8 +11,11 @@ from lease_kit import StoreKit, attrs, net, wait_until
 
 from tartan.ipam.lease import Lease
 
+from harness import HANG_GUARD, completes
+
 SUBNET = net("10.244.7.0/24")
 TTL = 60.0
+NEVER = 3600.0  # a wait's timeout that no test sits out: only a wake returns it
 
 
 def test_config_round_trip(kit: StoreKit):
@@ -98,15 +101,23 @@ def test_expired_lease_is_absent_and_wakes_waiters(kit: StoreKit):
 
 
 def test_wait_wakes_on_a_write_from_another_client(kit: StoreKit):
+    """The wait's own timeout is far beyond the hang guard: it returns only by waking."""
     store, other = kit.open(), kit.open()
     _, revision = store.list_leases()
-    timer = threading.Timer(0.3, other.create, (SUBNET, attrs(), TTL))
-    timer.start()
-    started = time.monotonic()
-    woke = store.wait(revision, 10)
-    timer.join()
-    assert time.monotonic() - started < 5
-    assert woke != revision
+    waiting, woke = threading.Event(), []
+
+    def waiter() -> None:
+        waiting.set()
+        woke.append(store.wait(revision, NEVER))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    assert waiting.wait(HANG_GUARD)
+    assert woke == []  # nothing changed yet: it cannot have returned
+    other.create(SUBNET, attrs(), TTL)  # written after the wait began
+    thread.join(HANG_GUARD)
+    assert not thread.is_alive(), "wait did not wake on the other client's write"
+    assert woke != [revision]
     assert [lease.subnet for lease in store.list_leases()[0]] == [SUBNET]
 
 
@@ -114,9 +125,8 @@ def test_wait_returns_at_once_when_already_changed(kit: StoreKit):
     store, other = kit.open(), kit.open()
     _, revision = store.list_leases()
     other.create(SUBNET, attrs(), TTL)
-    started = time.monotonic()
-    assert store.wait(revision, 10) != revision
-    assert time.monotonic() - started < 1
+    # Nothing changes after the call: with a wait that long, returning means "at once".
+    assert completes(lambda: store.wait(revision, NEVER)) != revision
 
 
 def test_wait_times_out(kit: StoreKit):
@@ -124,8 +134,8 @@ def test_wait_times_out(kit: StoreKit):
     store.create(SUBNET, attrs(), TTL)
     _, revision = store.list_leases()
     started = time.monotonic()
-    assert store.wait(revision, 0.3) == revision
-    assert 0.25 <= time.monotonic() - started < 2
+    assert completes(lambda: store.wait(revision, 0.3)) == revision
+    assert time.monotonic() - started >= 0.25  # not before its timeout (load only adds)
 
 
 def test_renewal_keeps_the_subnet_through_its_first_ttl(kit: StoreKit):

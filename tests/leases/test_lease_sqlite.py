@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from lease_kit import FakeClock, attrs, net
 
-from tartan.ipam.lease import StoreUnavailable, StoreUnusable, open_store
-from tartan.ipam.lease_sqlite import DEFAULT_PATH, SqliteLeaseStore
+from tartan.ipam.lease import DEFAULT_SQLITE_PATH, StoreUnavailable, StoreUnusable, open_store
+from tartan.ipam.lease_sqlite import SqliteLeaseStore
 from tartan.ipam.netconf import NetConfError
 
 
@@ -22,7 +22,7 @@ def test_the_file_is_made_private_with_its_folders(tmp_path: Path):
         assert store._conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         store.close()
-    assert DEFAULT_PATH == "/var/lib/tartan/leases.db"
+    assert DEFAULT_SQLITE_PATH == "/var/lib/tartan/leases.db"
 
 
 def test_store_url(tmp_path: Path):

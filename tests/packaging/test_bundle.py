@@ -1,12 +1,12 @@
-"""The bundle's small CNI executable: what it carries, what it needs, how fast it starts."""
+"""The bundle's small CNI executable: what it carries, what it needs, what it loads to start."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,12 +19,14 @@ CONFIG = b'{"cniVersion": "1.1.0", "name": "n", "type": "tartan-bridge"}'
 
 
 def call(exe: Path, role: str, folder: Path, env: dict[str, str],
-         stdin: bytes = b"") -> subprocess.CompletedProcess:
-    """Run `exe` through a symlink named `role` made in `folder`, as /opt/cni/bin does."""
+         stdin: bytes = b"", wrapper: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run `exe` through a symlink named `role` made in `folder`, as /opt/cni/bin does
+    (under `wrapper`, e.g. strace, when given)."""
     link = folder / role
     if not link.is_symlink():
         link.symlink_to(exe)
-    return subprocess.run([str(link)], input=stdin, env={"PATH": os.environ["PATH"], **env},
+    return subprocess.run([*wrapper, str(link)], input=stdin,
+                          env={"PATH": os.environ["PATH"], **env},
                           capture_output=True, timeout=60, check=False)
 
 
@@ -93,17 +95,70 @@ def test_unknown_names_get_one_line_and_no_traceback(bundle, tmp_path):
         assert len(proc.stderr.splitlines()) == 1 and b"link me as one of" in proc.stderr
 
 
-def test_cni_executable_starts_about_as_fast_as_plain_python(bundle, tmp_path):
-    """The same client under `python -I -S` is the floor; PyInstaller's default build of it
-    took 2.4 times as long here (run-time hooks), this one about 1.1 times."""
-    script = tmp_path / "plain-client"
-    site = Path(fastpath.__file__).resolve().parents[2]
-    script.write_text(f"#!{os.path.realpath(sys.executable)} -IS\n"
-                      f"import sys\nsys.path.append({str(site)!r})\n"
-                      "from tartan.cni.fastpath import bundle_main\n"
-                      "sys.exit(bundle_main('/nonexistent'))\n")
-    script.chmod(0o755)
-    startup = packaging_module("startup")
-    stats = startup.measure([str(bundle / "tartan-cni"), str(script)], runs=30)
-    cni, plain = (stats[str(p)]["median_ms"] for p in (bundle / "tartan-cni", script))
-    assert cni < 1.5 * plain, stats
+OPENED = re.compile(r'openat\(AT_FDCWD, "([^"]+)", [^)]*\) = \d+$')
+EXECUTED = re.compile(r'execve\("([^"]+)", .*\) = 0$')
+# C extension modules it may load: the socket path's two, and zlib for PyInstaller's own
+# bootstrap modules (the small PYZ inside the executable).
+EXTENSIONS = {"_socket", "_struct", "zlib"}
+
+
+def traced(bundle: Path, role: str, folder: Path, env: dict[str, str],
+           stdin: bytes = b"") -> tuple[subprocess.CompletedProcess, list[str], list[str]]:
+    """The bundle's tartan-cni run as `role` under strace: (result, files it opened,
+    programs it executed)."""
+    strace = shutil.which("strace") or pytest.skip("strace is not installed")
+    trace = folder / f"{role}.strace"
+    proc = call(bundle / "tartan-cni", role, folder, env, stdin,
+                wrapper=(strace, "-f", "-qq", "-e", "trace=openat,execve", "-o", str(trace)))
+    lines = trace.read_text().splitlines()
+    opened = [m[1] for m in map(OPENED.search, lines) if m]
+    executed = [m[1] for m in map(EXECUTED.search, lines) if m]
+    return proc, opened, executed
+
+
+def loaded_modules(opened: list[str], internal: Path) -> tuple[set[str], set[str]]:
+    """(Python modules read from .pyc files, C extension modules) under `internal`."""
+    pyc, ext = set(), set()
+    for path in map(Path, opened):
+        if not path.is_relative_to(internal):
+            continue
+        if path.suffix == ".pyc":
+            parts = list(path.relative_to(internal).with_suffix("").parts)
+            pyc.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+        elif ".cpython-" in path.name:
+            ext.add(path.name.split(".")[0])
+    return pyc, ext
+
+
+def test_cni_executable_starts_with_the_socket_path_alone(bundle, tmp_path):
+    """Why it starts about as fast as plain `python -I -S` on the same client (PyInstaller's
+    default build took 2.4 times as long: run-time hooks, base_library.zip), as behaviour of
+    the real bundle: besides no run-time hook (above), it reads no archive and no `site`,
+    runs no other program, and loads the socket path's modules only, even where the full
+    bundle has more. The time itself is measured by packaging/startup.py, not by a test."""
+    allowed = packaging_module("cni_modules").allowed
+    internal = (bundle / "_internal").resolve()
+    agent = FakeAgent(tmp_path / "agent.sock")
+    try:
+        runs = {
+            "VERSION": traced(bundle, "tartan-bridge", tmp_path, {"CNI_COMMAND": "VERSION"}),
+            "ADD": traced(bundle, "tartan", tmp_path,
+                          {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
+                           "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+                           "CNI_PATH": "/opt/cni/bin", "TARTAN_CNI_SOCKET": str(agent.path)},
+                          CONFIG),
+        }
+    finally:
+        agent.close()
+    assert len(agent.requests) == 1  # the ADD went the socket path, to the agent
+    for command, (proc, opened, executed) in runs.items():
+        assert proc.returncode == 0, (command, proc.stderr)
+        pyc, ext = loaded_modules(opened, internal)
+        # the trace sees the imports (else the checks below would pass on nothing)
+        assert {"tartan.cni.fastpath", "tartan.cni.registry"} <= pyc, (command, pyc)
+        assert sorted(m for m in pyc if not allowed(m)) == [], command
+        assert "site" not in pyc and ext <= EXTENSIONS, (command, pyc, ext)
+        assert not [p for p in opened if p.endswith(".zip") or "tartan-full" in p], command
+        # PyInstaller's bootloader execs itself once; nothing else runs
+        assert {os.path.realpath(p) for p in executed} == \
+            {os.path.realpath(bundle / "tartan-cni")}, (command, executed)

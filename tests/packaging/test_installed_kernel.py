@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from bundle_kit import Staged
 from etcd_server import ETCD, EtcdServer
 
-from harness import Netns, PluginReply, plugin_dir, run_plugin, stop_process, unique
+from harness import Netns, PluginReply, eventually, plugin_dir, run_plugin, stop_process, unique
 
 pytestmark = pytest.mark.kernel
 
@@ -145,14 +144,6 @@ def nsenter(ns: Netns, argv: list[str]) -> list[str]:
     return ["nsenter", f"--net={ns.path}", *argv]
 
 
-def wait_for(check, what: str, agent: Agent, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert agent.proc.poll() is None, f"tartand exited:\n{agent.log_text()}"
-        assert time.monotonic() < deadline, f"{what} timed out:\n{agent.log_text()}"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def agent_on_etcd(staged, host_ns, tmp_path):
     if not ETCD.exists():
@@ -170,15 +161,15 @@ def agent_on_etcd(staged, host_ns, tmp_path):
         argv = [str(staged.command("tartand")), "--store", "etcd", "--etcd-endpoints", etcd.url,
                 "--etcd-prefix", "/tartan-bundle-test", "--net-config", str(conf),
                 "--iface", "eth0", "--subnet-file", str(tmp_path / "subnet.env"),
-                "--state-dir", str(tmp_path / "state"), "--cni-socket",
-                str(tmp_path / "cni.sock"), "--ip-masq", "--reconcile-interval", "1"]
+                "--cni-socket", str(tmp_path / "cni.sock"), "--ip-masq",
+                "--reconcile-interval", "1"]
         log = tmp_path / "tartand.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(nsenter(host_ns, argv), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=out)
         agent = Agent(host_ns, tmp_path / "cni.sock", log, proc)
-        wait_for(lambda: agent.socket.exists() and "agent.started" in agent.log_text(),
-                 "tartand start", agent)
+        eventually(lambda: agent.socket.exists() and "agent.started" in agent.log_text(), 30,
+                   process=proc, what=lambda: f"tartand started:\n{agent.log_text()}")
         yield agent
     finally:
         if agent:
@@ -191,7 +182,8 @@ def test_bundled_tartand_on_etcd_serves_the_bundled_plugins(agent_on_etcd, stage
     agent = agent_on_etcd
     subnet_env = (tmp_path / "subnet.env").read_text()
     assert "FLANNEL_NETWORK=10.254.0.0/16" in subnet_env
-    wait_for(lambda: "tartan_ready 1.0" in agent.http("/metrics"), "readiness", agent)
+    eventually(lambda: "tartan_ready 1.0" in agent.http("/metrics"), 30, process=agent.proc,
+               what=lambda: f"tartand ready:\n{agent.log_text()}")
     assert "tartan.1" in agent.node.links()  # pyroute2's vxlan link kind, from the bundle
 
     config = {"cniVersion": "1.1.0", "name": unique("tnet"), "type": "tartan-bridge",

@@ -45,12 +45,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import REFERENCE_CNI, plugin_dir
+from harness import REFERENCE_CNI, eventually, plugin_dir
 
 PODMAN = shutil.which("podman")
 RUNC = shutil.which("runc")
@@ -283,17 +282,17 @@ def remove_cgroups(parent: str) -> list[str]:
     for top in cgroup_dirs(parent):
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()),
                                 key=lambda p: len(p.parts), reverse=True) + [top]:
-            for _ in range(50):
-                try:
-                    directory.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.05)  # the last task is still exiting
-            else:
+            try:  # the last task may still be exiting
+                eventually(lambda d=directory: _rmdir(d), 2.5, 0.05, retry_on=(OSError,))
+            except AssertionError:
                 problems.append(f"cgroup {directory} cannot be removed")
     return problems
+
+
+def _rmdir(directory: Path) -> bool:
+    with contextlib.suppress(FileNotFoundError):
+        directory.rmdir()
+    return True
 
 
 def conntrack_addresses(subnet: ipaddress.IPv4Network) -> set[str]:
@@ -352,20 +351,18 @@ def free_port() -> int:
 
 
 def http_get(host: str, port: int, path: str = "/", deadline: float = 10) -> str:
-    """GET over plain http.client (no proxy from the environment), retried until `deadline`."""
-    end = time.monotonic() + deadline
-    while True:
+    """GET over plain http.client (no proxy from the environment): the first non-empty body,
+    retried on connection errors for `deadline` seconds."""
+
+    def get() -> str:
+        conn = http.client.HTTPConnection(host, port, timeout=2)
         try:
-            conn = http.client.HTTPConnection(host, port, timeout=2)
-            try:
-                conn.request("GET", path)
-                return conn.getresponse().read().decode()
-            finally:
-                conn.close()
-        except OSError:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.2)
+            conn.request("GET", path)
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+    return eventually(get, deadline, 0.2, what=f"GET http://{host}:{port}{path}",
+                      retry_on=(OSError,))
 
 
 def build_rootfs(root: Path) -> Path:
@@ -640,9 +637,8 @@ runroot = "{self.state / 'runroot'}"
         proc = self.podman("rm", "--force", "--all", "--time", "0", check=False)
         if proc.returncode != 0:
             problems.append(f"podman rm -f -a failed: {proc.stderr.strip()}")
-        deadline = time.monotonic() + 5  # conmon's exit command may still be finishing
-        while cgroup_pids(self.cgroup_parent) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        with contextlib.suppress(AssertionError):  # conmon's exit command may be finishing
+            eventually(lambda: not cgroup_pids(self.cgroup_parent), 5, 0.1)
         for pid in cgroup_pids(self.cgroup_parent):
             problems.append(f"process {pid} still in cgroup {self.cgroup_parent}: killed")
             with contextlib.suppress(ProcessLookupError):

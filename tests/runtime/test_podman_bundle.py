@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from pathlib import Path
 import pytest
 from podman_env import PODMAN, RUNC, HostSnapshot, PodmanNet, free_port
 
-from harness import REFERENCE_CNI, Netns, make_netns, remove_netns, stop_process
+from harness import REFERENCE_CNI, Netns, eventually, make_netns, remove_netns, stop_process
 
 pytestmark = pytest.mark.runtime
 
@@ -162,17 +161,14 @@ def bundle_node(tmp_path: Path) -> Iterator[tuple[BundleNet, Agent]]:
         argv = ["nsenter", f"--net={node.path}", str(staged.command("tartand")),
                 "--store", f"sqlite:{tmp_path / 'leases.db'}", "--net-config", str(conf),
                 "--iface", UPLINK[0], "--subnet-file", str(tmp_path / "subnet.env"),
-                "--cni-socket", str(net.socket), "--state-dir", str(tmp_path / "state"),
+                "--cni-socket", str(net.socket),
                 "--http-addr", f"127.0.0.1:{free_port()}", "--ip-masq"]
         log = tmp_path / "tartand.log"
         with open(log, "wb") as out:
             agent = Agent(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=out), log)
-        deadline = time.monotonic() + 30
-        while not (net.socket.exists() and "agent.started" in agent.text()):
-            assert agent.proc.poll() is None, f"tartand exited:\n{agent.text()}"
-            assert time.monotonic() < deadline, f"tartand did not start:\n{agent.text()}"
-            time.sleep(0.1)
+        eventually(lambda: net.socket.exists() and "agent.started" in agent.text(), 30,
+                   process=agent.proc, what=lambda: f"tartand started:\n{agent.text()}")
 
         net.write_config()
         net.check_network_loaded()

@@ -6,12 +6,16 @@ import dataclasses
 import io
 import ipaddress
 
+import pytest
+
 from tartan.backends import log, masq
-from tartan.backends.hostgw import HostGw, peer_route
+from tartan.backends.daemon import Agent, FailureReport, NoLease
+from tartan.backends.hostgw import HostGw, HostGwConfig, peer_route
 from tartan.backends.registry import NodeInfo
-from tartan.backends.vxlan import Vxlan, vtep_mac
+from tartan.backends.vxlan import Vxlan, VxlanConfig, vtep_mac
 from tartan.ipam.lease import Lease, LeaseAttrs
-from tartan.ipam.netconf import BackendConfig, NetworkConfig
+from tartan.ipam.netconf import NetworkConfig
+from tartan.kernel.errors import KernelFailure
 from tartan.kernel.iptables import Iptables
 
 from fake_iptables import FakeIptables
@@ -29,13 +33,13 @@ def lease(subnet: str, ip: str, kind: str = "vxlan", mac: str = "02:00:00:00:00:
 def test_only_host_gw_over_a_big_tcp_uplink_gives_pods_big_packets():
     big = dataclasses.replace(NODE, iface_gso_max=196608)
     plain = dataclasses.replace(NODE, iface_gso_max=65536)
-    net = NetworkConfig(NET, 24, OWN, OWN, BackendConfig("host-gw"))
-    assert HostGw(net.backend, net, big).pod_gso_max_size() == 196608
-    assert HostGw(net.backend, net, plain).pod_gso_max_size() == 0
+    net = NetworkConfig(NET, 24, OWN, OWN, {"type": "host-gw"})
+    assert HostGw(HostGwConfig(), net, big).pod_gso_max_size() == 196608
+    assert HostGw(HostGwConfig(), net, plain).pod_gso_max_size() == 0
     huge = dataclasses.replace(NODE, iface_gso_max=1 << 20)  # more than a pod may be given
-    assert HostGw(net.backend, net, huge).pod_gso_max_size() == 524288
-    vx = NetworkConfig(NET, 24, OWN, OWN, BackendConfig("vxlan", direct_routing=True))
-    assert Vxlan(vx.backend, vx, big).pod_gso_max_size() == 0
+    assert HostGw(HostGwConfig(), net, huge).pod_gso_max_size() == 524288
+    vx = NetworkConfig(NET, 24, OWN, OWN, {"type": "vxlan", "directrouting": True})
+    assert Vxlan(VxlanConfig(direct_routing=True), vx, big).pod_gso_max_size() == 0
 
 
 def test_log_line_is_logfmt_and_quotes_what_needs_it():
@@ -84,3 +88,47 @@ def test_vtep_mac_is_stable_unicast_and_local(tmp_path):
     assert first == vtep_mac("198.18.1.2", 1, machine)
     assert first != vtep_mac("198.18.1.3", 1, machine)
     assert int(first.split(":")[0], 16) & 0x03 == 0x02
+
+
+def test_a_reconcile_failure_is_logged_once_while_it_repeats():
+    out = io.StringIO()
+    report = FailureReport(log.Log(out))
+    for _ in range(3):
+        report.failed(KernelFailure("cannot add route 10.244.4.0/24: File exists"))
+    report.succeeded()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "event=reconcile.failed" in lines[0] and "traceback" not in lines[0]
+    assert 'error="KernelFailure: cannot add route 10.244.4.0/24: File exists"' in lines[0]
+    assert "event=reconcile.recovered failed_passes=3" in lines[1]
+
+
+def test_a_bug_in_a_pass_logs_its_traceback_on_the_same_line_once():
+    out = io.StringIO()
+    report = FailureReport(log.Log(out))
+    for _ in range(2):
+        try:
+            {}["peer"]
+        except KeyError as exc:
+            report.failed(exc)
+    (only,) = out.getvalue().splitlines()
+    assert "event=reconcile.failed error=\"KeyError: 'peer'\"" in only
+    assert 'traceback="Traceback (most recent call last):\\n' in only
+    assert 'in test_a_bug_in_a_pass_logs_its_traceback' in only
+
+
+def test_a_different_failure_is_logged_again():
+    out = io.StringIO()
+    report = FailureReport(log.Log(out))
+    report.failed(KernelFailure("one"))
+    report.failed(KernelFailure("two"))
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_the_lease_is_there_only_once_acquired():
+    backend = HostGw(HostGwConfig(), NetworkConfig(NET, 24, OWN, OWN), NODE)
+    agent = Agent(None, None, None, NODE, backend, None, log.Log(io.StringIO()), None)
+    assert not agent.holds_lease
+    with pytest.raises(NoLease):
+        _ = agent.lease
+    assert agent.status()["node"]["subnet"] is None  # /status answers before the lease

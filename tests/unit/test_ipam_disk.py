@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-import time
 from ipaddress import ip_address as ip
 from ipaddress import ip_network
 from pathlib import Path
@@ -16,6 +15,8 @@ from tartan.ipam import allocator
 from tartan.ipam.disk import DiskStore, read_boot_id
 from tartan.ipam.ranges import Range, RangeSet
 from tartan.ipam.store import Attachment
+
+from harness import HANG_GUARD, eventually
 
 A = Attachment("c1", "eth0")
 B = Attachment("c2", "eth0")
@@ -108,6 +109,14 @@ def test_lock_is_flock_on_the_lock_file(tmp_path):
         os.close(fd)
 
 
+def flock_waiters(path: Path) -> list[str]:
+    """/proc/locks lines of processes blocked in flock() on `path` (shown as "-> FLOCK")."""
+    st = os.stat(path)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return [line for line in Path("/proc/locks").read_text().splitlines()
+            if "-> FLOCK" in line and line.split()[6] == inode]
+
+
 def test_lock_excludes_other_holders(tmp_path):
     store = store_at(tmp_path)
     order: list[str] = []
@@ -117,12 +126,17 @@ def test_lock_excludes_other_holders(tmp_path):
             order.append("other")
 
     with store.lock():
-        thread = threading.Thread(target=other)
+        thread = threading.Thread(target=other, daemon=True)
         thread.start()
-        time.sleep(0.2)  # give the other thread time to block on the flock
+        # The premise, seen by the kernel: the other thread waits in flock on this file.
+        waiting = eventually(lambda: flock_waiters(store.dir / "lock"), 30, 0.01,
+                             what="the other thread blocked in flock on the lock file")
+        assert [line.split()[5] for line in waiting] == [str(os.getpid())]
+        assert order == []
         order.append("first")
-    thread.join(5)
+    thread.join(HANG_GUARD)
     assert order == ["first", "other"]
+    assert flock_waiters(store.dir / "lock") == []
 
 
 def test_unwritable(tmp_path):

@@ -28,7 +28,7 @@ DOC = {
 
 def serve(body: bytes, code: int = 200) -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(code if self.path == "/status" else 404)
             self.end_headers()
             self.wfile.write(body)

@@ -1,0 +1,37 @@
+"""The console scripts `tartan`, `tartan-bridge` and `tartan-ipam` (pyproject.toml).
+
+Each hands its request to tartand's socket (tartan.cni.fastpath) and, when no agent takes
+it, runs the plugin in this process on the dispatcher the agent uses. The dispatcher and the
+plugin are imported only then: a request the agent serves, and every VERSION, run on the
+standard library alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tartan.cni import fastpath, registry
+
+
+def in_process(plugin: str, stdin: bytes) -> int:
+    """The fallback: the plugin in this process, on the same dispatcher the agent uses."""
+    from tartan.cni import skel
+
+    return skel.emit(skel.run(registry.load(plugin), os.environ, stdin))
+
+
+def run_plugin(name: str) -> int:
+    """Plugin `name`: agent first, in-process when it is not there."""
+    return fastpath.relay(name, lambda stdin: in_process(name, stdin))
+
+
+def bridge() -> int:
+    return run_plugin("tartan-bridge")
+
+
+def ipam() -> int:
+    return run_plugin("tartan-ipam")
+
+
+def meta() -> int:
+    return run_plugin("tartan")
