@@ -26,9 +26,12 @@ import _socket as socket
 import os
 import struct
 import sys
-from collections.abc import Callable, Mapping  # loaded by the interpreter itself at start-up
 
 from tartan.cni import registry
+
+TYPE_CHECKING = False  # `typing` and `collections` cost milliseconds at every plugin start
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 MAGIC = b"TCNI1"
 SOCKET_PATH = "/run/tartan/cni.sock"

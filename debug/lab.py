@@ -26,6 +26,7 @@ from tartan.debug import lab_plan as plan
 from tartan.debug import lab_state as files
 from tartan.debug.lab_state import LabState, Node
 from tartan.debug.lab_sys import NETNS_DIR, LabError, Sys, in_namespace, pids_in, stop
+from tartan.kernel.files import write_atomic
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Lab:
         self.dir.mkdir(parents=True)
         self.made_something = True
         lab_underlay.ensure_mountpoints(self.root, self.say)
-        (self.dir / "net-conf.json").write_text(json.dumps(plan.net_conf(state.backend)))
+        write_atomic(self.dir / "net-conf.json", json.dumps(plan.net_conf(state.backend)))
         files.save(state, self.root)
 
     def _add_node(self, state: LabState, index: int) -> Node:

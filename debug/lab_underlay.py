@@ -33,6 +33,7 @@ from tartan.debug import lab_plan as plan
 from tartan.debug.lab_state import NODE_MOUNTS
 from tartan.debug.lab_sys import LabError, Sys, in_netns, in_node, netns_path
 from tartan.kernel import gso
+from tartan.kernel.files import write_atomic
 from tartan.kernel.netns import entered
 
 MOUNTPOINTS_FILE = ".created-mountpoints.json"
@@ -200,7 +201,7 @@ def ensure_mountpoints(root: Path = plan.LAB_ROOT,
             os.makedirs(target)
             created.append(target)
             say(f"  created the empty mount point {target} on the host (removed by `down`)")
-    record.write_text(json.dumps(sorted(set(created))))
+    write_atomic(record, json.dumps(sorted(set(created))))
 
 
 def remove_mountpoints(root: Path = plan.LAB_ROOT) -> list[str]:

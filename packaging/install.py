@@ -30,19 +30,23 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 
 
-def _plugin_names() -> tuple[str, ...]:
-    """The CNI names, from the source tree's registry (it imports nothing, so it loads
-    without the venv)."""
-    spec = importlib.util.spec_from_file_location("tartan_registry",
-                                                  HERE.parent / "cni" / "registry.py")
-    assert spec is not None and spec.loader is not None
+def _from_source(name: str, relative: str) -> ModuleType:
+    """A Tartan module that imports only the standard library, loaded from the source tree
+    (install and uninstall run without the venv)."""
+    spec = importlib.util.spec_from_file_location(name, HERE.parent / relative)
+    assert spec is not None and spec.loader is not None, relative
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return tuple(module.NAMES)
+    return module
+
+
+REGISTRY = _from_source("tartan_registry", "cni/registry.py")  # the CNI names
+FILES = _from_source("tartan_files", "kernel/files.py")  # write_atomic
 
 
 BUNDLE_DIR = "/opt/tartan"
@@ -56,7 +60,7 @@ CNI_EXE = "tartan-cni"
 FULL_EXE = "tartan-full"
 LINKS = {
     **{f"{CNI_BIN}/{name}": f"{BUNDLE_DIR}/{CNI_EXE}"
-       for name in _plugin_names()},
+       for name in REGISTRY.NAMES},
     **{f"{COMMAND_BIN}/{name}": f"{BUNDLE_DIR}/{FULL_EXE}" for name in ("tartand", "tartanctl")},
 }
 # Config files (installed path, source in packaging/): written only where none exists.
@@ -196,7 +200,7 @@ def install(root: Root, bundle: Path) -> Manifest:
         copy_bundle(root, bundle, manifest)
         make_links(root, manifest)
         write_configs(root, manifest)
-        root(MANIFEST).write_text(manifest.dump())
+        FILES.write_atomic(root(MANIFEST), manifest.dump())
     except BaseException:
         remove(root, manifest)  # undo what this attempt made
         raise
