@@ -12,7 +12,7 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
 	python3 util-linux strace
 
-PACKAGES := kernel cni ipam backends debug
+PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
 .PHONY: all deps apt venv demo test unit lint bench bench-dataplane clean bundle install uninstall
@@ -35,7 +35,8 @@ $(STAMPS)/venv: pyproject.toml
 	"$(PYTHON_BASE)" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "pyroute2>=0.9.7,<0.10" "etcd3>=0.12,<0.13" "prometheus-client>=0.20" \
-		"pytest>=8" "ruff>=0.6" "mypy==2.4.1" "import-linter==2.17"
+		"pyyaml>=6,<7" "pytest>=8" "ruff>=0.6" "mypy==2.4.1" "import-linter==2.17" \
+		"types-PyYAML"
 	@touch $@
 
 # The project itself is installed (not editable), so the tests run the same console

@@ -1,0 +1,1 @@
+"""NetworkPolicy: the object model, its verdicts, and their enforcement."""
