@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -23,8 +24,9 @@ if TYPE_CHECKING:  # the modules behind these load only once the flags are read
     from http.server import ThreadingHTTPServer
 
     from tartan.backends.daemon import Agent
+    from tartan.backends.policy import PolicyHost
     from tartan.cni.server import CniServer
-    from tartan.ipam.lease import LeaseStore
+    from tartan.ipam.lease import ClusterStore, LeaseStore
     from tartan.ipam.netconf import NetworkConfig
 
 T = TypeVar("T")
@@ -32,14 +34,20 @@ T = TypeVar("T")
 DEFAULT_HTTP_ADDR = "127.0.0.1:9808"  # also where tartanctl and the lab ask
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tartand", description="Tartan node agent")
+def add_store_flags(p: argparse.ArgumentParser) -> None:
+    """--store, --etcd-endpoints, --etcd-prefix: tartand's, and tartanctl's, which reads and
+    writes the same store; `open_store` opens what they name."""
     p.add_argument("--store", default=f"sqlite:{lease_defaults.DEFAULT_SQLITE_PATH}",
                    help="sqlite:/path/to/leases.db (default) or etcd")
     p.add_argument("--etcd-endpoints", default=lease_defaults.DEFAULT_ETCD_ENDPOINT,
                    help="comma-separated etcd endpoints (with --store etcd)")
     p.add_argument("--etcd-prefix", default=lease_defaults.DEFAULT_ETCD_PREFIX,
                    help="key prefix; flannel's default reads an existing flannel tree")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tartand", description="Tartan node agent")
+    add_store_flags(p)
     p.add_argument("--net-config", type=Path,
                    help="flannel net-conf.json, written into the store when it has none")
     p.add_argument("--iface", help="external interface (default: the default route's)")
@@ -54,6 +62,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds a subnet lease lasts without renewal (flannel's: 24 h)")
     p.add_argument("--cni-socket", default=fastpath.SOCKET_PATH,
                    help="unix socket the CNI plugins hand their requests to ('' to disable)")
+    p.add_argument("--node-name", default=socket.gethostname(),
+                   help="this node's name, as pods' spec.nodeName gives it (default: hostname)")
+    p.add_argument("--network-policy", action=argparse.BooleanOptionalAction, default=True,
+                   help="enforce NetworkPolicy from the store (default: on)")
+    p.add_argument("--policy-resync", type=float, default=30.0,
+                   help="seconds between NetworkPolicy resyncs when nothing changed")
+    p.add_argument("--policy-log-denied", action="store_true",
+                   help="NFLOG (group 100) every packet NetworkPolicy drops")
     return p.parse_args(argv)
 
 
@@ -61,7 +77,7 @@ class StartupError(Exception):
     """Stops the agent with one line."""
 
 
-def open_store(args: argparse.Namespace) -> LeaseStore:
+def open_store(args: argparse.Namespace) -> ClusterStore:
     """The flags name a store; tartan.ipam.lease.open_store opens it."""
     from tartan.ipam.lease import open_store as open_lease_store
 
@@ -153,7 +169,7 @@ def retrying(step: Callable[[], T], stop: threading.Event, log: Log) -> T | None
     return None
 
 
-def serve_cni(agent: Agent, path: str, log: Log) -> CniServer:
+def serve_cni(agent: Agent, path: str, log: Log, policy: PolicyHost | None) -> CniServer:
     """The plugins' fast path: their requests run here, warm, with the same code."""
     from tartan.cni.server import CniServer
 
@@ -164,9 +180,23 @@ def serve_cni(agent: Agent, path: str, log: Log) -> CniServer:
         log.info(event, plugin=plugin or None, container=container or None,
                  command=command or None, ms=round(seconds * 1000, 1), outcome=outcome)
 
-    server = CniServer(Path(path), observe)
+    server = CniServer(Path(path), observe, served=policy.recorder.served if policy else None)
     server.start()
     return server
+
+
+def start_policy(agent: Agent, args: argparse.Namespace, log: Log,
+                 stop: threading.Event) -> PolicyHost | None:
+    """The NetworkPolicy enforcer beside the routing loop, on the agent's store."""
+    if not args.network_policy:
+        return None
+    from tartan.backends.policy import PolicyHost
+
+    policy = PolicyHost(agent.store, args.node_name, log, interval=args.policy_resync,
+                        log_denied=args.policy_log_denied)
+    agent.status_parts["networkPolicy"] = policy.status
+    policy.start(stop)
+    return policy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         server = serve(agent, args.http_addr)
         retrying(agent.start, stop, log)
-        cni = serve_cni(agent, args.cni_socket, log) if args.cni_socket else None
+        policy = start_policy(agent, args, log, stop)
+        cni = serve_cni(agent, args.cni_socket, log, policy) if args.cni_socket else None
     except (StartupError, StoreUnusable) as exc:
         print(f"tartand: {exc}", file=sys.stderr)
         return 2

@@ -24,11 +24,11 @@ from tartan.backends.metrics import Metrics
 from tartan.backends.registry import Backend, NodeInfo, PeerProgramming, PeerState, Report
 from tartan.cni import subnet_env
 from tartan.ipam.lease import (
+    ClusterStore,
     Lease,
     LeaseError,
     LeaseLost,
     LeaseManager,
-    LeaseStore,
     StoreUnavailable,
 )
 from tartan.ipam.netconf import NetworkConfig
@@ -78,7 +78,7 @@ class Settings:
 
 
 class Agent:
-    def __init__(self, store: LeaseStore, manager: LeaseManager, net: NetworkConfig,
+    def __init__(self, store: ClusterStore, manager: LeaseManager, net: NetworkConfig,
                  node: NodeInfo, backend: Backend, settings: Settings, log: Log,
                  metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.manager, self.net, self.node = store, manager, net, node
@@ -94,6 +94,8 @@ class Agent:
         self.backoff = 0.5
         self.next_store_try = 0.0
         self.failures = FailureReport(log)
+        # more of /status, by key (the NetworkPolicy enforcer's state)
+        self.status_parts: dict[str, Callable[[], dict[str, object]]] = {}
 
     # -- lease -------------------------------------------------------------------------
 
@@ -275,4 +277,5 @@ class Agent:
                 "storeReachable": self.outage_since is None,
             },
             "peers": [p.to_json() for p in self.peer_states],
+            **{key: part() for key, part in self.status_parts.items()},
         }

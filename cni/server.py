@@ -15,7 +15,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,9 @@ from tartan.cni.fastpath import (
 READ_TIMEOUT = 10.0
 
 Observer = Callable[[str, str, str, str, float], None]  # plugin, container, command, outcome, s
+# After a request was answered, still under its container's lock: command, env, exit code,
+# stdout (tartand records which pod got which address).
+Served = Callable[[str, Mapping[str, str], int, str], None]
 
 
 @dataclass
@@ -128,9 +131,11 @@ def peer_uid(conn: socket.socket) -> int:
 
 class CniServer:
     def __init__(self, path: Path, observe: Observer | None = None, mode: int = 0o600,
-                 allowed_uids: frozenset[int] = frozenset({0})) -> None:
+                 allowed_uids: frozenset[int] = frozenset({0}),
+                 served: Served | None = None) -> None:
         self.path, self.mode, self.allowed = path, mode, allowed_uids
         self.observe = observe or (lambda *_: None)
+        self.served = served or (lambda *_: None)
         self.locks = KeyedLocks()
         self.identity = namespace_identity()
         self.sock: socket.socket | None = None
@@ -214,6 +219,7 @@ class CniServer:
                 self.observe(request.plugin, request.container, request.command, outcome,
                              time.perf_counter() - started)
                 send(reply)
+                self.served(request.command, request.env, reply.exit_code, reply.stdout)
             finally:
                 if pending:
                     self._finish(request, pending)

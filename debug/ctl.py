@@ -7,9 +7,9 @@ import argparse
 import os
 import sys
 
-from tartan.debug import lab_cli, status
+from tartan.debug import get_cli, lab_cli, objects_cli, policy_cli, status
 
-SUBCOMMANDS = (status, lab_cli)
+SUBCOMMANDS = (status, objects_cli, get_cli, policy_cli, lab_cli)
 
 
 def parser() -> argparse.ArgumentParser:

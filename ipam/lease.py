@@ -21,6 +21,7 @@ from ipaddress import IPv4Network
 from typing import Any, Protocol
 
 from tartan.ipam.netconf import NetworkConfig
+from tartan.ipam.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,14 @@ class LeaseStore(Protocol):
     def close(self) -> None: ...
 
 
+class ClusterStore(LeaseStore, ObjectStore, Protocol):
+    """What `open_store` opens: the leases, and the objects beside them (ipam/objects.py)."""
+
+
 def poll_wait(revision: int, timeout: float, check: Callable[[], int],
               sleep: Callable[[float], Any] = time.sleep) -> int:
-    """`wait` for stores that are polled: `check` expires due leases, returns the revision."""
+    """`wait` (or `wait_objects`) for stores that are polled: `check` returns the revision
+    (the lease stores' expires due leases first)."""
     deadline = time.monotonic() + timeout
     while True:
         current = check()
@@ -171,7 +177,8 @@ def poll_wait(revision: int, timeout: float, check: Callable[[], int],
         sleep(min(POLL_INTERVAL, left))
 
 
-def open_store(url: str, *, prefix: str | None = None, clock: Clock = time.time) -> LeaseStore:
+def open_store(url: str, *, prefix: str | None = None, clock: Clock = time.time
+               ) -> ClusterStore:
     """A store from the agent's --store URL: sqlite:/path, http://host:port[,...], memory:."""
     scheme, _, rest = url.partition(":")
     if scheme == "sqlite":

@@ -1,13 +1,18 @@
-"""A LeaseStore in memory: real semantics (CAS, expiry, wait) for one process's threads."""
+"""A LeaseStore and ObjectStore in memory: real semantics (CAS, expiry, wait) for one
+process's threads. Objects are kept as the JSON text the other stores keep, so a value they
+would refuse is refused here too, and a listing never shares state with the caller."""
 
 from __future__ import annotations
 
 import copy
 import threading
 import time
+from collections.abc import Mapping
 from ipaddress import IPv4Network
+from typing import Any
 
 from tartan.ipam.lease import Clock, Lease, LeaseAttrs, poll_wait, renewed_expiration
+from tartan.ipam.objects import Objects, check_key, encode_object, objects_by_kind
 
 
 class MemoryLeaseStore:
@@ -19,6 +24,9 @@ class MemoryLeaseStore:
         self._leases: dict[IPv4Network, Lease] = {}
         self._config: dict | None = None
         self._revision = 1
+        self._objects_cond = threading.Condition()  # objects: their own revision and waiters
+        self._objects: dict[tuple[str, str], str] = {}  # (kind, key) -> JSON text
+        self._object_revision = 1
 
     def get_config(self) -> dict | None:
         with self._cond:
@@ -60,6 +68,33 @@ class MemoryLeaseStore:
     def close(self) -> None:
         pass
 
+    # -- the ObjectStore protocol -----------------------------------------------------
+
+    def put_object(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        text = encode_object(kind, key, value)
+        with self._objects_cond:
+            self._objects[kind, key] = text
+            self._bump_objects()
+
+    def delete_object(self, kind: str, key: str) -> bool:
+        check_key(kind, key)
+        with self._objects_cond:
+            if self._objects.pop((kind, key), None) is None:
+                return False
+            self._bump_objects()
+            return True
+
+    def list_objects(self) -> tuple[dict[str, Objects], int]:
+        with self._objects_cond:
+            rows = [(kind, key, text) for (kind, key), text in self._objects.items()]
+            revision = self._object_revision
+        return objects_by_kind(rows, "memory"), revision
+
+    def wait_objects(self, revision: int, timeout: float) -> int:
+        with self._objects_cond:
+            self._objects_cond.wait_for(lambda: self._object_revision != revision, timeout)
+            return self._object_revision
+
     def _live(self, subnet: IPv4Network) -> Lease | None:
         lease = self._leases.get(subnet)
         return lease if lease is not None and lease.expiration > self.clock() else None
@@ -73,6 +108,10 @@ class MemoryLeaseStore:
         self._revision += 1
         self._cond.notify_all()
         return self._revision
+
+    def _bump_objects(self) -> None:
+        self._object_revision += 1
+        self._objects_cond.notify_all()
 
     def _expire(self) -> int:
         """Drop expired leases as a write, as etcd deletes the keys of an expired lease."""

@@ -5,6 +5,10 @@ so all writes are `BEGIN IMMEDIATE` transactions (one writer at a time across pr
 others wait up to the busy timeout) and compare-and-set goes through a version column.
 Every write bumps one revision counter; `wait` polls it, and expires due leases itself
 (as a write), so waiters wake on expiry just as etcd's delete events wake watchers.
+
+Objects (ipam/objects.py) are rows of `tartan_objects`, with a counter of their own in
+`tartan_object_state` that `wait_objects` polls: object writes do not wake `wait`, and lease
+writes do not wake `wait_objects`. Opening an older file adds both tables.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +37,7 @@ from tartan.ipam.lease import (
     renewed_expiration,
 )
 from tartan.ipam.netconf import WHOLE, decode_json
+from tartan.ipam.objects import Objects, check_key, encode_object, objects_by_kind
 
 # Opening fails this way only when the path itself is wrong: no retry will fix it.
 _PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
@@ -51,6 +56,17 @@ CREATE TABLE IF NOT EXISTS tartan_leases (
     attrs TEXT NOT NULL,
     expiration REAL NOT NULL,
     version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tartan_object_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO tartan_object_state (id, revision) VALUES (1, 1);
+CREATE TABLE IF NOT EXISTS tartan_objects (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
 );
 COMMIT;
 """
@@ -190,6 +206,35 @@ class SqliteLeaseStore:
         with self._lock:
             self._conn.close()
 
+    # -- the ObjectStore protocol -----------------------------------------------------
+
+    @_translated
+    def put_object(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        text = encode_object(kind, key, value)
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO tartan_objects VALUES (?, ?, ?)", (kind, key, text))
+            _bump_objects(db)
+
+    @_translated
+    def delete_object(self, kind: str, key: str) -> bool:
+        check_key(kind, key)
+        with self._write() as db:
+            deleted = db.execute("DELETE FROM tartan_objects WHERE kind = ? AND key = ?",
+                                 (kind, key)).rowcount
+            if deleted:
+                _bump_objects(db)
+        return bool(deleted)
+
+    @_translated
+    def list_objects(self) -> tuple[dict[str, Objects], int]:
+        with self._read() as db:
+            (revision,) = db.execute("SELECT revision FROM tartan_object_state").fetchone()
+            rows = db.execute("SELECT kind, key, value FROM tartan_objects").fetchall()
+        return objects_by_kind(rows, str(self.path)), revision
+
+    def wait_objects(self, revision: int, timeout: float) -> int:
+        return poll_wait(revision, timeout, self._object_revision)
+
     # -- transactions -----------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -234,11 +279,23 @@ class SqliteLeaseStore:
             (revision,) = db.execute("SELECT revision FROM tartan_state").fetchone()
         return revision
 
+    @_translated
+    def _object_revision(self) -> int:
+        """What `wait_objects` polls: one cheap read."""
+        with self._lock:
+            (revision,) = self._conn.execute(
+                "SELECT revision FROM tartan_object_state").fetchone()
+        return revision
+
 
 def _bump(db: sqlite3.Connection) -> int:
     (revision,) = db.execute(
         "UPDATE tartan_state SET revision = revision + 1 RETURNING revision").fetchone()
     return revision
+
+
+def _bump_objects(db: sqlite3.Connection) -> None:
+    db.execute("UPDATE tartan_object_state SET revision = revision + 1")
 
 
 def _lease(row: tuple[str, str, float, int]) -> Lease | None:

@@ -16,11 +16,15 @@ TEMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp" beside the file
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int = 0o644,
                  durable: bool = True) -> None:
-    """Write `data` to a temp file in the same folder, fsync it and rename it over `path`.
+    """Write `data` to a temp file in the same folder and rename it over `path`.
 
-    With `durable`, the folder is fsynced too, so the rename itself survives a crash (for
-    files whose loss would be noticed: a record a later DEL needs). OSError on failure, and
-    the temp file is gone.
+    A reader, or a process killed half-way, sees the old content or the new, never a mix.
+    `durable` (the default) also fsyncs the file before the rename and the folder after it,
+    so a power loss keeps it too: for records a later command needs (a delegate config for
+    DEL, the subnet file, the lab's state). tartan-ipam's per-ADD hints (last_reserved_ip,
+    the boot sidecar) pass durable=False, as host-local syncs nothing: each fsync costs an
+    ADD about a millisecond, more on a busy disk, and losing them to a power loss costs
+    nothing a reboot does not already clear. OSError on failure, and the temp file is gone.
     """
     target = Path(path)
     content = data.encode() if isinstance(data, str) else data
@@ -29,7 +33,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int =
         try:
             os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
             _write_all(fd, content)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, target)

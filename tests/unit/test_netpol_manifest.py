@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 import yaml
 
-from tartan.netpol.manifest import Loaded, ManifestError, load, load_files
+from tartan.netpol.manifest import Loaded, ManifestError, load, load_files, load_objects
 from tartan.netpol.model import (
     EVERYTHING,
     ContainerPort,
@@ -782,6 +783,51 @@ def test_a_duplicate_object_is_reported_and_the_first_kept():
 def test_a_pod_and_a_policy_may_share_a_name():
     loaded = loads(pod(name="p", namespace="x"), netpol({"podSelector": {}}))
     assert loaded.errors == () and len(loaded.pods) == len(loaded.policies) == 1
+
+
+# -- decoded objects ------------------------------------------------------------------
+
+
+def test_load_objects_reads_decoded_objects_as_load_reads_their_text():
+    objects = [namespace("x", labels={"team": "a"}), pod(namespace="x"),
+               netpol(port_spec({"port": 80}))]
+    loaded = load_objects(objects, "store")
+    assert loaded == loads(*objects) and loaded.errors == ()
+    assert [len(loaded.namespaces), len(loaded.pods), len(loaded.policies)] == [1, 1, 1]
+
+
+def test_load_objects_skips_and_reports_an_invalid_object_and_keeps_the_others():
+    loaded = load_objects([netpol({"podSelector": {}}, name="deny-all"),
+                           netpol(port_spec({"port": 80, "endPort": 79}), name="allow-80"),
+                           {"apiVersion": "v1", "kind": "Namespace"}, namespace("x")], "store")
+    assert [p.name for p in loaded.policies] == ["deny-all"]
+    assert [n.name for n in loaded.namespaces] == ["x"]
+    assert [str(e) for e in loaded.errors] == [
+        "store: NetworkPolicy x/allow-80: spec.ingress[0].ports[0].endPort 79 is below port "
+        "80; use an endPort of at least 80",
+        "store: document 3: metadata.name is required; give the object a name"]
+
+
+def test_load_objects_reads_a_list_and_leaves_its_input_as_it_was():
+    bare = {"metadata": {"name": "b"}}
+    objects = [{"apiVersion": "v1", "kind": "List", "items": [namespace("a"), "x"]},
+               {"apiVersion": "v1", "kind": "NamespaceList", "items": [bare]}]
+    loaded = load_objects(objects, "store")
+    assert [n.name for n in loaded.namespaces] == ["a", "b"]
+    assert [(e.obj, e.field) for e in loaded.errors] == [("document 1 items[1]", "")]
+    assert bare == {"metadata": {"name": "b"}}
+
+
+def test_load_objects_reports_an_item_that_is_not_a_mapping_by_its_number():
+    items: list[Any] = [namespace("a"), "x", None, [namespace("b")],
+                        MappingProxyType(namespace("c"))]
+    loaded = load_objects(items, "store")
+    assert [n.name for n in loaded.namespaces] == ["a", "c"]
+    assert [e.message for e in loaded.errors] == [
+        "document 2 is a string, not a Kubernetes object; give an object with apiVersion and "
+        "kind (Namespace, Pod, NetworkPolicy)",
+        "document 4 is a list, not a Kubernetes object; give an object with apiVersion and "
+        "kind (Namespace, Pod, NetworkPolicy)"]
 
 
 # -- files ----------------------------------------------------------------------------

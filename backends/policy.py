@@ -1,0 +1,59 @@
+"""NetworkPolicy in tartand: the pod recorder on the CNI socket, and the enforcer's thread.
+
+Both use the agent's store (the lease store holds the objects too). The enforcer runs beside
+the routing loop and never stops it; on a plain stop its rules stay, like the routes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pyroute2 import IPRoute
+
+from tartan.backends.log import Log
+from tartan.backends.pod_records import PodRecorder
+from tartan.ipam.objects import ObjectStore
+from tartan.kernel import addr
+from tartan.netpol.compiler import Options
+from tartan.netpol.enforcer import Enforcer
+from tartan.netpol.source import StoreSource
+
+
+def node_addresses() -> list[str]:
+    """Every address of this node's namespace but loopback: what "the node" sends from."""
+    with IPRoute() as ipr:
+        found = [a.ip for link in ipr.get_links() for a in addr.list_(ipr, link["index"])]
+    return sorted({str(ip) for ip in found if not ip.is_loopback and not ip.is_link_local})
+
+
+class PolicyHost:
+    def __init__(self, store: ObjectStore, node: str, log: Log, *, interval: float,
+                 log_denied: bool) -> None:
+        self.log = log
+        self.recorder = PodRecorder(store, node, log)
+        self.enforcer = Enforcer(StoreSource(store), node, node_addresses, self._report,
+                                 options=Options(log=log_denied), interval=interval)
+        self.thread: threading.Thread | None = None
+
+    def _report(self, event: str, fields: dict[str, object]) -> None:
+        level = self.log.warn if event in ("netpol.failed", "netpol.invalid_object") \
+            else self.log.info
+        level(event, **fields)
+
+    def start(self, stop: threading.Event) -> None:
+        try:
+            self.recorder.load()
+        except Exception as exc:  # the store will be read again by every sync
+            self.log.warn("pod.records_unread", error=f"{type(exc).__name__}: {exc}")
+        self.thread = threading.Thread(target=self.enforcer.run, args=(stop,),
+                                       name="netpol", daemon=True)
+        self.thread.start()
+
+    def status(self) -> dict[str, object]:
+        last = self.enforcer.last
+        if last is None:
+            return {"synced": False, "error": self.enforcer.failure or None}
+        return {"synced": True, "revision": last.revision, "pods": last.pods,
+                "policies": last.policies, "invalidObjects": last.problems,
+                "lastSyncMs": round(last.seconds * 1000, 1),
+                "error": self.enforcer.failure or None}
