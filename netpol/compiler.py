@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tartan.kernel.ipset import IpSet
@@ -210,9 +210,9 @@ class _Compiler:
         return ("-m", "set", "--match-set", name, side)
 
     def _pod_set(self, peer: Peer, policy: NetworkPolicy) -> str:
-        pods = self.cluster.peer_pods(peer, policy.namespace)
-        members = sorted({str(ip) for p in pods for ip in self._ips(p)})
-        return self._set("P", _peer_key(peer, policy), "hash:ip", members,
+        return self._set("P", _peer_key(peer, policy), "hash:ip",
+                         lambda: sorted({str(ip) for p in self.cluster.peer_pods(
+                             peer, policy.namespace) for ip in self._ips(p)}),
                          f"pods of {_describe(peer, policy)}")
 
     def _ip_block_match(self, block: IPBlock, side: str) -> tuple[str, ...]:
@@ -259,11 +259,13 @@ class _Compiler:
     def _named_port_set(self, peer: Peer | None, policy: NetworkPolicy, port_name: str,
                         protocol: Protocol) -> str:
         """(address, port) of every destination pod that names a port `port_name`."""
-        pods = (self.cluster.peer_pods(peer, policy.namespace) if peer is not None
-                else [p for p in self.cluster.pods if not p.host_network])
-        members = sorted({f"{ip},{protocol.lower()}:{number}" for p in pods
-                          if (number := p.named_port(port_name, protocol)) is not None
-                          for ip in self._ips(p)})
+        def members() -> list[str]:
+            pods = (self.cluster.peer_pods(peer, policy.namespace) if peer is not None
+                    else [p for p in self.cluster.pods if not p.host_network])
+            return sorted({f"{ip},{protocol.lower()}:{number}" for p in pods
+                           if (number := p.named_port(port_name, protocol)) is not None
+                           for ip in self._ips(p)})
+
         scope = _peer_key(peer, policy) if peer is not None else "every pod"
         return self._set("Q", f"{scope} port {protocol}/{port_name}", "hash:ip,port", members,
                          f"port {port_name}/{protocol} of "
@@ -271,13 +273,15 @@ class _Compiler:
 
     # -- sets --------------------------------------------------------------------------
 
-    def _set(self, kind: str, key: str, set_type: str, members: Iterable[str],
-             what: str) -> str:
+    def _set(self, kind: str, key: str, set_type: str,
+             members: Iterable[str] | Callable[[], Iterable[str]], what: str) -> str:
         """A set named after what it stands for (so a change of members is a refill, not a
-        new set); sets that stand for the same thing are one set."""
+        new set); sets that stand for the same thing are one set, whose members are found
+        once (`members` may be a function, called only for a new set)."""
         name = f"{SET_PREFIX}{kind}{digest(f'{self.family} {key}', 16)}"
         if name not in self.sets:
-            self.sets[name] = IpSet(name, set_type, frozenset(members),
+            found = members() if callable(members) else members
+            self.sets[name] = IpSet(name, set_type, frozenset(found),
                                     comment=_safe(what), family=self.family)
         return name
 

@@ -9,6 +9,7 @@ to defaulting are resolved here once: a port's protocol is TCP when not given, a
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -207,20 +208,35 @@ class Cluster:
     policies: tuple[NetworkPolicy, ...] = ()
 
     def namespace_labels(self, name: str) -> Mapping[str, str]:
-        found = next((ns for ns in self.namespaces if ns.name == name), Namespace(name))
-        return found.with_default_labels().labels
+        known = self._namespace_labels
+        return known[name] if name in known else Namespace(name).with_default_labels().labels
 
     def peer_pods(self, peer: Peer, policy_namespace: str) -> list[Pod]:
         """The pods a pod peer selects (none for an ipBlock peer). hostNetwork pods are
         not selected by pod selectors: they have the node's addresses."""
         if peer.ip_block is not None:
             return []
-        pods = [p for p in self.pods if not p.host_network]
         if peer.namespace_selector is not None:
             selector = peer.namespace_selector
-            pods = [p for p in pods if selector.matches(self.namespace_labels(p.namespace))]
+            namespaces = [ns for ns in self._pods_by_namespace
+                          if selector.matches(self.namespace_labels(ns))]
         else:
-            pods = [p for p in pods if p.namespace == policy_namespace]
+            namespaces = [policy_namespace]
+        pods = [p for ns in namespaces for p in self._pods_by_namespace.get(ns, ())]
         if peer.pod_selector is not None:
             pods = [p for p in pods if peer.pod_selector.matches(p.labels)]
         return pods
+
+    # Indexes, made on first use (the cluster is immutable): a compile asks for thousands of
+    # peers, and each would otherwise walk every pod and every namespace.
+    @functools.cached_property
+    def _namespace_labels(self) -> dict[str, Mapping[str, str]]:
+        return {ns.name: ns.with_default_labels().labels for ns in self.namespaces}
+
+    @functools.cached_property
+    def _pods_by_namespace(self) -> dict[str, list[Pod]]:
+        index: dict[str, list[Pod]] = {}
+        for pod in self.pods:
+            if not pod.host_network:
+                index.setdefault(pod.namespace, []).append(pod)
+        return index

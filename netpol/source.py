@@ -10,13 +10,12 @@ enforced. A Kubernetes API source (a later issue) implements the same two method
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tartan.ipam.objects import NAMESPACES, NETWORK_POLICIES, POD_IPS, PODS, ObjectStore
-from tartan.netpol.manifest import ManifestError, load_objects
+from tartan.netpol.manifest import Loaded, ManifestError, load_objects
 from tartan.netpol.model import Cluster
 
 
@@ -38,43 +37,62 @@ class PolicySource(Protocol):
 class StoreSource:
     def __init__(self, store: ObjectStore, source: str = "store") -> None:
         self.store, self.source = store, source
+        # (kind, key) -> (the document last read, what it loaded to): a resync validates
+        # only the objects that changed since the one before
+        self._loaded: dict[tuple[str, str], tuple[Mapping[str, Any], Loaded]] = {}
 
     def snapshot(self) -> Snapshot:
         objects, revision = self.store.list_objects()
-        loaded = load_objects(list(documents(objects)), self.source)
-        return Snapshot(loaded.cluster(), revision, tuple(loaded.errors))
+        fresh: dict[tuple[str, str], tuple[Mapping[str, Any], Loaded]] = {}
+        for ident, document in documents(objects):
+            known = self._loaded.get(ident)
+            loaded = known[1] if known and known[0] == document else load_objects(
+                [document], self.source)
+            fresh[ident] = (document, loaded)
+        self._loaded = fresh
+        parts = [loaded for _, loaded in fresh.values()]
+        cluster = Cluster(tuple(ns for part in parts for ns in part.namespaces),
+                          tuple(pod for part in parts for pod in part.pods),
+                          tuple(policy for part in parts for policy in part.policies))
+        problems = tuple(error for part in parts for error in part.errors)
+        return Snapshot(cluster, revision, problems)
 
     def wait(self, revision: int, timeout: float) -> int:
         return self.store.wait_objects(revision, timeout)
 
 
-def documents(objects: Mapping[str, Mapping[str, Mapping[str, Any]]]
-              ) -> Iterator[Mapping[str, Any]]:
-    """The stored manifests, each Pod completed with what its node recorded."""
-    yield from objects.get(NAMESPACES, {}).values()
-    yield from objects.get(NETWORK_POLICIES, {}).values()
+Document = tuple[tuple[str, str], Mapping[str, Any]]
+
+
+def documents(objects: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Iterator[Document]:
+    """The stored manifests by (kind, key), each Pod completed with what its node recorded."""
+    for kind in (NAMESPACES, NETWORK_POLICIES):
+        for key, manifest in objects.get(kind, {}).items():
+            yield (kind, key), manifest
     records = dict(objects.get(POD_IPS, {}))
     for key, manifest in objects.get(PODS, {}).items():
-        yield with_record(manifest, records.pop(key, None))
+        yield (PODS, key), with_record(manifest, records.pop(key, None))
     for key, record in sorted(records.items()):  # served by CNI, never applied
         namespace, _, name = key.partition("/")
         bare = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"namespace": namespace, "name": name}}
-        yield with_record(bare, record)
+        yield (PODS, key), with_record(bare, record)
 
 
 def with_record(manifest: Mapping[str, Any],
                 record: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    """The manifest with status.podIPs and spec.nodeName from the CNI record, if any."""
+    """The manifest with status.podIPs and spec.nodeName from the CNI record, if any (a
+    new document: the stored one is left as it is)."""
     if not record:
         return manifest
-    pod: dict[str, Any] = copy.deepcopy(dict(manifest))
-    ips = [{"ip": str(ip)} for ip in record.get("ips", [])]
-    status = pod.setdefault("status", {})
-    if isinstance(status, dict):
-        status["podIPs"] = ips
-        status.pop("podIP", None)
-    spec = pod.setdefault("spec", {})
-    if isinstance(spec, dict) and record.get("node"):
-        spec["nodeName"] = record["node"]
+    pod: dict[str, Any] = dict(manifest)
+    status = pod.get("status")
+    pod["status"] = {**(status if isinstance(status, Mapping) else {}),
+                     "podIPs": [{"ip": str(ip)} for ip in record.get("ips", [])]}
+    pod["status"].pop("podIP", None)
+    spec = pod.get("spec")
+    if isinstance(spec, Mapping) and record.get("node"):
+        pod["spec"] = {**spec, "nodeName": record["node"]}
+    elif spec is None and record.get("node"):
+        pod["spec"] = {"nodeName": record["node"]}
     return pod
