@@ -33,7 +33,7 @@ from tartan.debug.kube import (
     resource,
     table,
 )
-from tartan.ipam.objects import Objects
+from tartan.ipam.objects import PODS, Objects
 from tartan.netpol.manifest import load_objects
 from tartan.netpol.source import documents
 
@@ -45,8 +45,7 @@ def entries(objects: Mapping[str, Objects], res: Resource) -> dict[str, Obj]:
     """key -> object for one resource type, in key order; pods with their records."""
     if res is not POD:
         return dict(objects[res.store_kind])
-    pods = {f"{_meta(d).get('namespace') or 'default'}/{_meta(d).get('name')}": d
-            for d in documents(objects) if d.get("kind") == "Pod"}
+    pods = {key: document for (kind, key), document in documents(objects) if kind == PODS}
     return dict(sorted(pods.items()))
 
 

@@ -187,7 +187,9 @@ class Lab:
         self.say(f"{node_name} leaves lab {self.name}")
         lab_agents.stop_agent(node)
         self.say(f"  tartand stopped (pid {node.tartand_pid})")
+        gone = [pod.key for pod in state.pods_of(node.name)]
         self._delete_pods(state, node)
+        self._forget_pods(state, gone)
         self._delete_lease(state, node)
         self._remove_node(state, node)
         lab_agents.wait_converged(self.name, state.nodes, self.say)
@@ -198,7 +200,12 @@ class Lab:
             lab_pods.del_pod(self.sys, node, pod)
             state.pods.remove(pod)
             files.save(state, self.root)
-            self.say(f"  DEL {pod.name}")
+            self.say(f"  DEL {lab_pods.label(pod)}")
+
+    def _forget_pods(self, state: LabState, keys: list[str]) -> None:
+        """As Kubernetes' pod GC: the pods of a node that is gone go from the store too."""
+        for key in lab_store.forget_pods(state.store, self.name, self.dir, keys):
+            self.say(f"  pod {key} deleted from the store")
 
     def _delete_lease(self, state: LabState, node: Node) -> None:
         leases = lab_store.leases(state.store, self.name, self.dir)
@@ -256,7 +263,7 @@ class Lab:
                 continue  # the node is already gone: its pods' links went with it
             try:
                 lab_pods.del_pod(self.sys, node, pod)
-                self.say(f"  DEL {pod.name}")
+                self.say(f"  DEL {lab_pods.label(pod)}")
             except LabError as exc:
                 self.say(f"  {exc} (continuing)")
 

@@ -33,6 +33,7 @@ class AgentOptions:
 def tartand_argv(node: Node, opts: AgentOptions) -> list[str]:
     return [str(opts.tartand), *opts.store_args, "--net-config", str(opts.net_conf),
             "--iface", "eth0", "--public-ip", node.ip, "--ip-masq",
+            "--node-name", node.name,  # the nodes share the host's hostname
             "--http-addr", plan.AGENT_HTTP,
             "--reconcile-interval", f"{opts.reconcile_interval:g}"]
 

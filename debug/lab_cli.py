@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from tartan.debug import lab_plan as plan
+from tartan.debug import lab_policy_cli
 from tartan.debug import lab_views as views
 from tartan.debug.lab import Lab, UpOptions
 from tartan.debug.lab_sys import LabError
@@ -74,7 +75,7 @@ def cmd_status(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def cmd_pods(lab: Lab, args: argparse.Namespace) -> int:
-    views.show_pods(lab, say)
+    views.show_pods(lab, say, args.output)
     return 0
 
 
@@ -110,6 +111,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "leave": (cmd_leave, "remove one node: tartand, pods, lease, namespaces"),
     "restart": (cmd_restart, "restart one node's tartand (its datapath stays)"),
     "demo": (cmd_demo, "up, status, ping-matrix, then always down"),
+    **lab_policy_cli.COMMANDS,
 }
 
 
@@ -126,6 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--ready-timeout", type=float, default=60.0)
         if name in ("leave", "restart"):
             p.add_argument("node", help="node name, e.g. node2")
+        if name == "pods":
+            p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+        lab_policy_cli.add_flags(name, p)
         p.set_defaults(run=run, handler=handler)
 
 

@@ -18,7 +18,16 @@ from pathlib import Path
 from tartan.debug import lab_plan as plan
 from tartan.debug.lab_agents import VENV_BIN
 from tartan.debug.lab_state import Node, Pod
-from tartan.debug.lab_sys import PATH, LabError, Sys, in_netns, in_node, netns_path
+from tartan.debug.lab_sys import (
+    PATH,
+    LabError,
+    Sys,
+    in_netns,
+    in_node,
+    netns_path,
+    pids_in,
+    stop,
+)
 
 CNI_CONFIG = {"cniVersion": "1.0.0", "name": plan.CNI_NETWORK, "type": "tartan"}
 PING_WORKERS = 16
@@ -32,7 +41,8 @@ def cni_env(command: str, pod: Pod, plugin_dir: Path = VENV_BIN) -> dict[str, st
         "CNI_NETNS": netns_path(pod.netns),
         "CNI_IFNAME": "eth0",
         "CNI_PATH": str(plugin_dir),
-        "CNI_ARGS": (f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod.name};"
+        "CNI_ARGS": (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};"
+                     f"K8S_POD_NAME={pod.name};"
                      f"K8S_POD_INFRA_CONTAINER_ID={pod.container_id}"),
     }
 
@@ -76,10 +86,11 @@ def add_pod(sys: Sys, node: Node, pod: Pod) -> None:
 
 
 def del_pod(sys: Sys, node: Node, pod: Pod) -> None:
-    """CNI DEL (idempotent), then the pod's namespace goes."""
+    """CNI DEL (idempotent), then the pod's processes (its listener) and its namespace go."""
     try:
         cni(sys, node, pod, "DEL")
     finally:
+        stop(pids_in(pod.netns))
         remove_netns(sys, pod.netns)
 
 
@@ -106,12 +117,19 @@ def ping_all(sys: Sys, pods: list[Pod], workers: int = PING_WORKERS,
     todo = pairs(pods)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda pair: attempt(sys, *pair), todo))
-    return {(a.name, b.name): ok for (a, b), ok in zip(todo, results, strict=True)}
+    return {(label(a), label(b)): ok for (a, b), ok in zip(todo, results, strict=True)}
+
+
+def label(pod: Pod) -> str:
+    """`up`'s pods by name (node1-pod2), applied pods by namespace/name."""
+    return pod.name if pod.namespace == "default" else pod.key
 
 
 def short(pod_name: str) -> str:
-    """node12-pod3 -> n12p3 (the matrix's column headers)."""
+    """node12-pod3 -> n12p3 (the matrix's column headers); other names stay."""
     node, _, pod = pod_name.partition("-")
+    if not (node.startswith("node") and pod.startswith("pod")):
+        return pod_name
     return f"n{node.removeprefix('node')}p{pod.removeprefix('pod')}"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tartan.debug.lab_plan import LAB_ROOT
 from tartan.kernel.files import write_atomic
@@ -42,15 +43,28 @@ class Node:
 
 @dataclass
 class Pod:
+    """A pod sandbox the lab made: `up`'s pods (namespace default, no labels, no listener)
+    and the Pods of `lab apply` (their labels, their containers' ports, served by a
+    listener process in the pod's namespace)."""
+
     name: str
     node: str
     netns: str
     container_id: str
     address: str = ""
+    namespace: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: list[dict[str, Any]] = field(default_factory=list)  # {port, protocol, name}
+    listener_pid: int = 0
 
     @property
     def ip(self) -> str:
         return self.address.split("/")[0]
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`, as CNI_ARGS, the store and `policy explain` name the pod."""
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass
@@ -71,6 +85,10 @@ class LabState:
 
     def pods_of(self, node: str) -> list[Pod]:
         return [p for p in self.pods if p.node == node]
+
+    def pod(self, key: str) -> Pod | None:
+        """The pod `namespace/name`."""
+        return next((p for p in self.pods if p.key == key), None)
 
     def next_index(self) -> int:
         return max((n.index for n in self.nodes), default=0) + 1

@@ -14,16 +14,20 @@ import ipaddress
 import json
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from tartan.debug import lab_plan as plan
-from tartan.debug.lab_http import Unreachable, json_in
+from tartan.debug.lab_http import Unreachable, call_in_netns, json_in
 from tartan.debug.lab_sys import LabError, Sys, alive, in_netns
 
 if TYPE_CHECKING:
     from tartan.ipam.lease_sqlite import SqliteLeaseStore
+    from tartan.ipam.objects import ObjectStore
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -197,3 +201,39 @@ def _subnet_key(subnet: str) -> tuple:
         return tuple(int(x) for x in subnet.replace("/", ".").split("."))
     except ValueError:
         return (999, subnet)
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def with_store(store: str, lab: str, lab_dir: Path, work: Callable[[ObjectStore], T]) -> T:
+    """work(the lab's store, as tartand opens it), closed after; LabError when it fails.
+    etcd listens in the router namespace only: there the store is opened and used in a
+    thread that entered it."""
+    from tartan.ipam.lease import StoreUnavailable, StoreUnusable, open_store
+    from tartan.ipam.objects import InvalidObjectKey
+
+    def body() -> T:
+        url = plan.etcd_endpoint() if store == "etcd" else f"sqlite:{sqlite_path(lab_dir)}"
+        opened = open_store(url, prefix=plan.ETCD_PREFIX)
+        try:
+            return work(opened)
+        finally:
+            opened.close()
+
+    try:
+        return call_in_netns(plan.router_netns(lab), body) if store == "etcd" else body()
+    except (StoreUnavailable, StoreUnusable, InvalidObjectKey) as exc:
+        raise LabError(f"the store of lab {lab}: {exc}") from None
+
+
+def forget_pods(store: str, lab: str, lab_dir: Path, keys: Iterable[str]) -> list[str]:
+    """Delete the Pod objects and address records of pods that are gone with their node (its
+    tartand, stopped first, cannot forget them); the keys that had either."""
+    from tartan.ipam.objects import POD_IPS, PODS
+
+    def work(objects: ObjectStore) -> list[str]:
+        return [key for key in keys
+                if [objects.delete_object(kind, key) for kind in (PODS, POD_IPS)] != [False] * 2]
+
+    return with_store(store, lab, lab_dir, work)

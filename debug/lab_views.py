@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
-from tartan.debug import lab_agents, lab_pods, lab_store
+from tartan.debug import lab_agents, lab_objects, lab_pods, lab_store
 from tartan.debug.fmt import relative, table
 from tartan.debug.lab import Lab
-from tartan.debug.lab_state import LabState, Node
+from tartan.debug.lab_state import LabState, Node, Pod
 from tartan.debug.lab_sys import LabError
 
 
@@ -58,10 +59,22 @@ def _show_leases(lab: Lab, state: LabState, say: Callable[[str], None]) -> None:
         say(line)
 
 
-def show_pods(lab: Lab, say: Callable[[str], None]) -> None:
+def pod_row(pod: Pod) -> list[object]:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(pod.labels.items())) or None
+    ports = " ".join(f"{p['port']}/{p['protocol']}" for p in pod.ports) or None
+    return [pod.namespace, pod.name, pod.node, pod.address, labels, ports, pod.netns,
+            pod.container_id[:12]]
+
+
+def show_pods(lab: Lab, say: Callable[[str], None], output: str = "table") -> None:
+    """The lab's pods; `json`: namespace, name, node, IPs, labels, ports, netns path."""
     state = lab.load()
-    rows = [[p.name, p.node, p.address, p.netns, p.container_id[:12]] for p in state.pods]
-    for line in table(["POD", "NODE", "ADDRESS", "NETNS", "CONTAINER"], rows):
+    if output == "json":
+        say(json.dumps([lab_objects.summary(p) for p in state.pods], indent=2))
+        return
+    rows = [pod_row(p) for p in state.pods]
+    for line in table(["NAMESPACE", "POD", "NODE", "ADDRESS", "LABELS", "PORTS", "NETNS",
+                       "CONTAINER"], rows):
         say(line)
 
 
@@ -75,7 +88,7 @@ def ping_matrix(lab: Lab, say: Callable[[str], None]) -> bool:
         f"(1 packet each, {lab_pods.PING_WORKERS} at a time)")
     start = time.monotonic()
     results = lab_pods.ping_all(lab.sys, pods)
-    for line in lab_pods.format_matrix([p.name for p in pods], results):
+    for line in lab_pods.format_matrix([lab_pods.label(p) for p in pods], results):
         say(f"  {line}")
     say(f"{lab_pods.summary(results)} ({time.monotonic() - start:.1f}s)")
     return all(results.values())

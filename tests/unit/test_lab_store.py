@@ -57,3 +57,20 @@ def test_sqlite_leases_list_and_delete_through_tartans_store(tmp_path: Path):
     assert lab_store.delete_lease("sqlite", "tlab", tmp_path, "10.244.3.0/24")
     assert [x.subnet for x in lab_store.leases("sqlite", "tlab", tmp_path)] == [
         "10.244.12.0/24"]
+
+
+def test_the_pods_of_a_node_that_left_go_from_the_store(tmp_path: Path):
+    record = {"ips": ["10.244.3.2"], "node": "node2", "containerID": "c"}
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "x", "name": "a"}}
+
+    def fill(store):
+        store.put_object("podips", "x/a", record)
+        store.put_object("pods", "x/a", manifest)
+        store.put_object("podips", "default/node2-pod1", record)
+        store.put_object("podips", "x/b", record)
+
+    lab_store.with_store("sqlite", "t", tmp_path, fill)
+    gone = lab_store.forget_pods("sqlite", "t", tmp_path, ["x/a", "default/node2-pod1", "y/q"])
+    assert gone == ["x/a", "default/node2-pod1"]
+    left = lab_store.with_store("sqlite", "t", tmp_path, lambda s: s.list_objects()[0])
+    assert (left["pods"], list(left["podips"])) == ({}, ["x/b"])

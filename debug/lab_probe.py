@@ -1,0 +1,191 @@
+"""Connections tried for real between the lab's pods, set against `policy explain`.
+
+The prober connects from inside the source pod's network namespace (a thread of ours enters
+it; setns is per thread and a socket stays in the namespace it was made in), as upstream's
+e2e prober runs `agnhost connect --timeout=1s` in the source pod: TCP is allowed when the
+connect succeeds, UDP when the listener's answer to a datagram comes back; a denied attempt
+is tried once more. The matrix probes every ordered pair of serving pods but a pod to itself,
+`workers` at a time, and the expected table is netpol.explain's, computed from the objects
+in the lab's store (what every node's enforcer reads), limited to the probed pods.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tartan.debug.lab_state import LabState, Pod
+from tartan.debug.lab_sys import LabError, netns_path
+from tartan.ipam.objects import Objects
+from tartan.kernel.errors import Gone, KernelFailure
+from tartan.kernel.netns import entered
+from tartan.netpol.explain import Cell, Key, Table, compare, truth_table
+from tartan.netpol.manifest import load_objects
+from tartan.netpol.model import Cluster, Protocol
+from tartan.netpol.source import documents
+
+TIMEOUT = 1.0  # seconds, agnhost connect's --timeout in upstream's prober
+TRIES = 2  # one retry
+WORKERS = 32  # a denied probe mostly waits: the bound is on sockets, not on CPU
+PROBE_PAYLOAD = b"probe\n"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    allowed: bool
+    reason: str  # "connected", "answered", "timed out", "refused", ...
+    answer: str = ""  # what the listener sent (its pod's namespace/name)
+
+
+Attempt = Callable[[str, str, int, Protocol, float], Outcome]
+
+
+def pod_ref(text: str) -> str:
+    """`NS/POD` (or `POD`, in default) as the key `namespace/name`."""
+    namespace, _, name = text.rpartition("/")
+    if not name or "/" in namespace:
+        raise LabError(f"{text!r} is not a pod: give NS/POD, e.g. x/a")
+    return f"{namespace or 'default'}/{name}"
+
+
+def find(state: LabState, text: str) -> Pod:
+    pod = state.pod(pod_ref(text))
+    if pod is None or not pod.address:
+        known = ", ".join(p.key for p in state.pods if p.address) or "none"
+        raise LabError(f"lab {state.name} has no pod {pod_ref(text)} (pods: {known})")
+    return pod
+
+
+def reason(exc: OSError) -> str:
+    """A failed attempt in a word or two: `timed out`, `refused`, `no route to host`."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if exc.errno is not None and exc.errno in errno.errorcode:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace").strip()
+
+
+def tcp(ip: str, port: int, timeout: float) -> Outcome:
+    with socket.create_connection((ip, port), timeout=timeout) as conn:
+        try:
+            answer = _text(conn.recv(256))
+        except OSError:
+            answer = ""  # connected is what counts
+    return Outcome(True, "connected", answer)
+
+
+def udp(ip: str, port: int, timeout: float) -> Outcome:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((ip, port))
+        sock.send(PROBE_PAYLOAD)
+        return Outcome(True, "answered", _text(sock.recv(256)))
+
+
+def attempt(netns: str, ip: str, port: int, protocol: Protocol, timeout: float) -> Outcome:
+    """One try from inside the namespace `netns` (this thread enters it and comes back)."""
+    try:
+        with entered(netns_path(netns)):
+            return (tcp if protocol is Protocol.TCP else udp)(ip, port, timeout)
+    except (KernelFailure, Gone) as exc:
+        raise LabError(f"cannot probe from {netns}: {exc}") from None
+    except OSError as exc:
+        return Outcome(False, reason(exc))
+
+
+def probe(src: Pod, dst: Pod, port: int, protocol: Protocol, tries: int = TRIES,
+          timeout: float = TIMEOUT, attempt: Attempt = attempt) -> Outcome:
+    """Allowed when one of `tries` attempts gets through."""
+    outcome = Outcome(False, "not tried")
+    for _ in range(max(1, tries)):
+        outcome = attempt(src.netns, dst.ip, port, protocol, timeout)
+        if outcome.allowed:
+            break
+    return outcome
+
+
+Flow = tuple[Pod, Pod, int, Protocol]
+
+
+def flows(pods: Sequence[Pod], ports: Sequence[int],
+          protocols: Sequence[Protocol]) -> list[Flow]:
+    """Every (from, to, port, protocol) but a pod to itself, in the tables' order."""
+    return [(src, dst, port, protocol) for port in ports for protocol in protocols
+            for src in pods for dst in pods if src.key != dst.key]
+
+
+def probe_all(pods: Sequence[Pod], ports: Sequence[int], protocols: Sequence[Protocol],
+              workers: int = WORKERS,
+              one: Callable[[Pod, Pod, int, Protocol], Outcome] = probe
+              ) -> dict[Key, Outcome]:
+    todo = flows(pods, ports, protocols)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(lambda flow: one(*flow), todo))
+    return {(s.key, d.key, port, protocol): outcome
+            for (s, d, port, protocol), outcome in zip(todo, results, strict=True)}
+
+
+def serving(state: LabState) -> tuple[list[Pod], list[Pod]]:
+    """(the pods that serve ports, sorted as the tables sort them; the others: `up`'s)."""
+    pods = sorted((p for p in state.pods if p.address), key=lambda p: (p.namespace, p.name))
+    return [p for p in pods if p.ports], [p for p in pods if not p.ports]
+
+
+# -- the model ------------------------------------------------------------------------
+
+
+@dataclass
+class Matrix:
+    pods: list[str]
+    ports: tuple[int, ...]
+    protocols: tuple[Protocol, ...]
+    observed: dict[Key, Outcome]
+    expected: Table
+    problems: list[str] = field(default_factory=list)  # each makes the run fail
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def seen(self) -> dict[Key, bool]:
+        """The observations the model has cells for."""
+        return {key: o.allowed for key, o in self.observed.items() if key in self.expected.cells}
+
+    def differences(self) -> list[Cell]:
+        return compare(self.expected, self.seen())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.differences()
+
+
+def expected(objects: Mapping[str, Objects], pods: Sequence[Pod], ports: Sequence[int],
+             protocols: Sequence[Protocol]) -> tuple[Table, list[str], list[str]]:
+    """(the truth table of the stored objects over `pods`; problems: a pod the store does not
+    know or knows with another address; notes: invalid stored objects, left out as the
+    enforcer leaves them out)."""
+    loaded = load_objects([doc for _, doc in documents(objects)], "the lab's store")
+    cluster = loaded.cluster()
+    known = {p.key: p for p in cluster.pods}
+    problems = []
+    for pod in pods:
+        model = known.get(pod.key)
+        ips = sorted(str(ip) for ip in model.ips) if model else []
+        if model is None:
+            problems.append(f"{pod.key}: not in the store (no Pod object, no address record)")
+        elif pod.ip not in ips:
+            problems.append(f"{pod.key}: the store records {', '.join(ips) or 'no address'}, "
+                            f"the pod has {pod.ip}")
+    keys = {p.key for p in pods}
+    chosen = tuple(p for p in cluster.pods if p.key in keys)
+    table = truth_table(Cluster(cluster.namespaces, chosen, cluster.policies), ports,
+                        protocols)
+    return table, problems, [str(e) for e in loaded.errors]
