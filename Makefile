@@ -15,7 +15,8 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
-.PHONY: all deps apt venv demo test unit lint bench bench-dataplane clean bundle install uninstall
+.PHONY: all deps apt venv demo test unit lint bench bench-dataplane bench-netpol clean bundle \
+	install uninstall
 
 all: venv
 
@@ -100,6 +101,9 @@ bench: deps bundle
 
 bench-dataplane: deps
 	$(PY) bench/dataplane.py --seconds 5 --rounds 5 --report bench/reports/dataplane.md
+
+bench-netpol: deps
+	$(PY) bench/netpol.py --report bench/reports/netpol.md
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build dist *.egg-info
