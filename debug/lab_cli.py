@@ -7,8 +7,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+from tartan.debug import lab_demo, lab_policy_cli
 from tartan.debug import lab_plan as plan
-from tartan.debug import lab_policy_cli
 from tartan.debug import lab_views as views
 from tartan.debug.lab import Lab, UpOptions
 from tartan.debug.lab_sys import LabError
@@ -84,7 +84,8 @@ def cmd_ping_matrix(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(lab: Lab, args: argparse.Namespace) -> int:
-    """up, status, ping-matrix, and always down: `make demo` in one command."""
+    """up, status, ping-matrix, NetworkPolicy applied and probed, and always down: `make
+    demo` in one command."""
     ok = False
     try:
         lab.up(_options(args))
@@ -92,6 +93,7 @@ def cmd_demo(lab: Lab, args: argparse.Namespace) -> int:
         views.show_status(lab, say)
         say("---- tartanctl lab ping-matrix")
         ok = views.ping_matrix(lab, say)
+        ok = lab_demo.show(lab, say) and ok
     except LabError as exc:
         error(args, exc)
     finally:
@@ -110,7 +112,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "join": (cmd_join, "add one node (with its pods)"),
     "leave": (cmd_leave, "remove one node: tartand, pods, lease, namespaces"),
     "restart": (cmd_restart, "restart one node's tartand (its datapath stays)"),
-    "demo": (cmd_demo, "up, status, ping-matrix, then always down"),
+    "demo": (cmd_demo, "up, status, ping-matrix, a policy applied and probed, then always "
+                       "down"),
     **lab_policy_cli.COMMANDS,
 }
 

@@ -16,16 +16,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO, TypeVar
 
+from tartan.debug import lab_agents, lab_store, lab_workloads
 from tartan.debug import lab_state as files
-from tartan.debug import lab_store, lab_workloads
 from tartan.debug.kube import POD, CtlError, Resource, object_key
 from tartan.debug.lab import Lab
-from tartan.debug.lab_state import LabState, Pod
+from tartan.debug.lab_state import LabState, Node, Pod
 from tartan.debug.lab_sys import LabError, netns_path
 from tartan.debug.objects_cli import Inputs, Valid, read_inputs, resource_or_usage
 from tartan.debug.objects_cli import apply as store_apply
 from tartan.debug.objects_cli import delete as store_delete
-from tartan.ipam.objects import Objects, ObjectStore
+from tartan.ipam.objects import POD_IPS, Objects, ObjectStore
 from tartan.netpol.manifest import load_objects
 from tartan.netpol.model import Pod as PodModel
 
@@ -68,29 +68,72 @@ def apply(lab: Lab, paths: Sequence[str], stdin: TextIO, out: Say, err: Say) -> 
         err(line)
     failed = bool(inputs.problems)
     ready: list[Valid] = []
+    made: list[str] = []
     for obj in inputs.objects:
         try:
-            if obj.resource is POD:
-                _ensure_pod(lab, state, obj, out)
+            if obj.resource is POD and _ensure_pod(lab, state, obj, out):
+                made.append(obj.key)
             ready.append(obj)
         except LabError as exc:
             err(f"{_name(obj.resource, obj.key)}: {exc}")
             failed = True
     if ready:
+        wait_recorded(lab, state, made)
         for line in with_store(lab, state, lambda store: list(
                 store_apply(store, ready, time.time()))):
             out(line)
+        wait_enforced(lab, state, out)
     return 1 if failed else 0
 
 
-def _ensure_pod(lab: Lab, state: LabState, obj: Valid, out: Say) -> None:
+def wait_recorded(lab: Lab, state: LabState, pods: Sequence[str],
+                  timeout: float = 15.0) -> None:
+    """Until the nodes recorded the new pods' addresses (their tartand writes the record
+    just after answering the CNI ADD): then a policy applied next already knows them."""
+    deadline = time.monotonic() + timeout
+    while pods and time.monotonic() < deadline:
+        records = stored_objects(lab, state)[POD_IPS]
+        if all(key in records for key in pods):
+            return
+        time.sleep(0.05)
+    if pods:
+        raise LabError(f"no tartand recorded the addresses of {', '.join(pods)} in "
+                       f"{timeout:g}s: see the nodes' tartand.log")
+
+
+def wait_enforced(lab: Lab, state: LabState, out: Say, timeout: float = 15.0) -> None:
+    """Until every running node's enforcer has synced what the store holds now, so that a
+    probe made next meets the policies just applied."""
+    revision = with_store(lab, state, lambda store: store.list_objects()[1])
+    started = time.monotonic()
+    nodes = [n for n in state.nodes if lab_agents.running(n)]
+    waiting = list(nodes)
+    while waiting and time.monotonic() - started < timeout:
+        waiting = [n for n in waiting if _synced(n) < revision]
+        if waiting:
+            time.sleep(0.05)
+    if waiting:
+        raise LabError(f"{', '.join(n.name for n in waiting)} did not enforce store revision "
+                       f"{revision} in {timeout:g}s: see `tartanctl lab status` and the "
+                       "nodes' tartand.log")
+    out(f"  enforced on {len(nodes)} node(s) in {time.monotonic() - started:.1f}s")
+
+
+def _synced(node: Node) -> int:
+    doc = lab_agents.status(node) or {}
+    revision = (doc.get("networkPolicy") or {}).get("revision")
+    return revision if isinstance(revision, int) else -1
+
+
+def _ensure_pod(lab: Lab, state: LabState, obj: Valid, out: Say) -> bool:
+    """Make the pod's sandbox unless it has one; True when it was made now."""
     model = _model(obj)
     pod = state.pod(obj.key)
     if pod is not None:
         check_update(pod, model)
         pod.labels = dict(model.labels)
         files.save(state, lab.root)
-        return
+        return False
     pod = lab_workloads.new_pod(state, model)
     node = state.node(pod.node)
     assert node is not None
@@ -105,6 +148,7 @@ def _ensure_pod(lab: Lab, state: LabState, obj: Valid, out: Say) -> None:
     files.save(state, lab.root)
     serving = " ".join(f"{p['port']}/{p['protocol']}" for p in pod.ports) or "no ports"
     out(f"  {pod.key}: {pod.address} on {pod.node}, netns {pod.netns}, serving {serving}")
+    return True
 
 
 def check_update(pod: Pod, model: PodModel) -> None:
@@ -169,6 +213,8 @@ def delete(lab: Lab, wanted: list[tuple[Resource, str]], ignore_not_found: bool,
         for done, line in lines or [(True, f'{res.singular} "{name}" deleted')]:
             (out if done else err)(line)
             ok = ok and done
+    if gone:
+        wait_enforced(lab, state, out)
     return ok
 
 

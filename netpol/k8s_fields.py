@@ -1,4 +1,5 @@
-"""Fields of Kubernetes objects read and checked as the API server checks them (for `manifest`).
+"""Fields of Kubernetes objects read and checked as the API server checks them (for `manifest`
+and `manifest_policy`).
 
 Each reader takes a decoded value and its field's path (`spec.ingress[0].ports[1].port`) and
 returns the value typed, or raises `Invalid` with a `Problem` at that path: a message that
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn, TypeVar, cast
 
-from tartan.netpol.model import IPAddress, IPNetwork
+from tartan.netpol.model import IPAddress, IPNetwork, Protocol
 
 T = TypeVar("T")
 Object = Mapping[str, object]
@@ -271,6 +272,27 @@ def object_name(raw: object, path: str, subdomain: bool) -> str:
         fail(path, f"{show(name)} is not a DNS label; use at most 63 lower-case letters, "
              "digits and '-', starting and ending with a letter or digit")
     return name
+
+
+def metadata(obj: Object, namespaced: bool, subdomain: bool) -> tuple[str, str, dict[str, str]]:
+    """(namespace, name, labels); the namespace is "default" when not given."""
+    meta = fields(obj.get("metadata"), "metadata")
+    gather = Gather()
+    name = gather.get(partial(object_name, meta.get("name"), "metadata.name", subdomain), "")
+    namespace = ""
+    if namespaced:
+        raw = meta.get("namespace")
+        namespace = "default" if raw is None or raw == "" else gather.get(
+            partial(object_name, raw, "metadata.namespace", False), "")
+    labels = gather.get(partial(label_map, meta.get("labels"), "metadata.labels"), {})
+    gather.check()
+    return namespace, name, labels
+
+
+def port_protocol(raw: object, path: str) -> Protocol:
+    if raw is None:
+        return Protocol.TCP
+    return Protocol(choice(raw, path, list(Protocol), "a supported protocol"))
 
 
 def port_name(raw: object, path: str) -> str:

@@ -229,7 +229,8 @@ def test_new_labels_update_the_object_not_the_sandbox(lab: Lab, policies: list[d
     assert ctl(lab, "probe", "x/a", "z/b").returncode == 1
     relabelled = change(lab, "apply", pod_manifest("x", "a", {"pod": "a", "marked": "yes"}))
     try:
-        assert relabelled.stdout.strip() == "pod/a configured"
+        assert relabelled.stdout.splitlines()[0] == "pod/a configured"
+        assert relabelled.stdout.splitlines()[1].startswith("  enforced on 2 node(s) in ")
         after = pods_json(lab)["x/a"]
         assert after["labels"] == {"pod": "a", "marked": "yes"}
         assert {k: v for k, v in after.items() if k != "labels"} == {
@@ -251,12 +252,15 @@ def test_apply_skips_an_invalid_object_and_delete_removes_a_pod_entirely(lab: La
     assert applied.stderr.splitlines() == [
         "tartanctl lab apply: NetworkPolicy z/typo: spec.ingress[0].form is not a known "
         "field; use one of from, ports"]
-    assert applied.stdout.splitlines()[-1] == "pod/d created"
+    assert applied.stdout.splitlines()[-2:-1] == ["pod/d created"]
+    assert applied.stdout.splitlines()[-1].startswith("  enforced on 2 node(s) in ")
     pod = pods_json(lab)["z/d"]
     assert pod["node"] == "node2" and alive(pod["listenerPid"])
     assert ctl(lab, "probe", "x/a", "z/d", "--port", "81", "--protocol", "udp").returncode == 0
     deleted = ctl(lab, "delete", "pod", "d", "-n", "z")
-    assert (deleted.returncode, deleted.stdout) == (0, 'pod "d" deleted\n'), deleted.stderr
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.splitlines()[0] == 'pod "d" deleted'
+    assert deleted.stdout.splitlines()[1].startswith("  enforced on 2 node(s) in ")
     assert "z/d" not in pods_json(lab)
     assert not os.path.exists(pod["netns"])
     eventually(lambda: not alive(pod["listenerPid"]), timeout=5, what="the listener ends")
