@@ -193,7 +193,7 @@ def start_policy(agent: Agent, args: argparse.Namespace, log: Log,
     from tartan.backends.policy import PolicyHost
 
     policy = PolicyHost(agent.store, args.node_name, log, interval=args.policy_resync,
-                        log_denied=args.policy_log_denied)
+                        log_denied=args.policy_log_denied, metrics=agent.metrics)
     agent.status_parts["networkPolicy"] = policy.status
     policy.start(stop)
     return policy

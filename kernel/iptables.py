@@ -12,7 +12,9 @@ never matters. `verify=True` re-reads after a change and fails when a second pas
 change something: the cheap proof that a caller's rules are canonical (neutron's debug mode).
 
 Callers that own different chains never disturb each other: a payload names only what
-differs. Only the standard library is imported: this sits on the plugin's path.
+differs. `Iptables.counters` reads rules' packet and byte counters (`iptables-save -c`) for
+callers that report them; nothing here writes counters. Only the standard library is
+imported: this sits on the plugin's path.
 
 Group commit: in the agent, many requests apply at once (50 pods starting), and each
 read + restore pair costs two process starts and waits for the xtables lock. Callers of one
@@ -32,6 +34,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tartan.kernel import errors
 from tartan.kernel.iptables_backend import (
@@ -175,6 +178,42 @@ def parse_save(text: str, table: str) -> LiveTable:
     return live
 
 
+class RuleCounters(NamedTuple):
+    """One rule's packet and byte counters, as `iptables-save -c` printed them."""
+
+    packets: int
+    bytes: int
+    args: tuple[str, ...]
+
+
+_COUNTED = re.compile(r"\[(\d+):(\d+)\] (-A .*)")
+
+
+def parse_counters(text: str, table: str, prefix: str | tuple[str, ...] = ""
+                   ) -> dict[str, list[RuleCounters]]:
+    """Parse `iptables-save -c` output (`[packets:bytes] -A CHAIN args`, the form of both
+    nft and legacy): every chain of `table` whose name starts with `prefix`, with its rules'
+    counters in order (a chain without rules maps to [])."""
+    out: dict[str, list[RuleCounters]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = line[1:].strip()
+        elif current != table:
+            continue
+        elif line.startswith(":"):
+            if (name := line[1:].split()[0]).startswith(prefix):
+                out.setdefault(name, [])
+        elif found := _COUNTED.fullmatch(line.rstrip()):
+            _, chain, *args = split_args(found[3])
+            if chain.startswith(prefix):
+                out.setdefault(chain, []).append(
+                    RuleCounters(int(found[1]), int(found[2]), tuple(args)))
+        elif line.startswith("-A "):
+            raise ValueError(f"a rule without counters: {line!r}")
+    return out
+
+
 def plan(state: Table, live: LiveTable) -> list[str]:
     """The restore lines (between `*table` and `COMMIT`) that make `live` match `state`.
 
@@ -242,6 +281,20 @@ class Iptables:
             return parse_save(proc.stdout, table)
         except ValueError as exc:
             raise errors.IptablesFailure(f"cannot parse {self.save_cmd} output: {exc}") from None
+
+    def counters(self, table: str, prefix: str | tuple[str, ...] = ""
+                 ) -> dict[str, list[RuleCounters]]:
+        """The rule counters of `table`'s chains whose names start with `prefix` (chain ->
+        rules in order), read with one `iptables-save -c`."""
+        proc = self.runner([self.save_cmd, "-c", "-t", check_table(table)], None)
+        if proc.returncode != 0:
+            raise errors.IptablesFailure(
+                f"{self.save_cmd} -c -t {table} failed: {first_line(proc.stderr)}", proc.stderr)
+        try:
+            return parse_counters(proc.stdout, table, prefix)
+        except ValueError as exc:
+            raise errors.IptablesFailure(f"cannot parse {self.save_cmd} -c output: {exc}") \
+                from None
 
     def pending(self, state: Table, live: LiveTable | None = None) -> list[str]:
         """What `apply` would send (without `*table`/`COMMIT`); empty when in place."""

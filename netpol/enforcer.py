@@ -6,6 +6,12 @@ sets no rule uses any more). A sync runs when the source changes (after a short 
 a burst of writes is one sync), at least every `interval`, and at start, where it finds the
 chains a previous run left and changes only what differs: nothing is flushed on restart.
 The enforcer never stops the agent: a failing sync is reported once and retried.
+
+Denied packets are counted from the pod chains' final drops (netpol/counters.py says how):
+the counters are read just before every restore (so what a chain counted is attributed to
+the policies it had, before the restore resets or deletes it) and just after it, and on
+demand (`count_denied`, which /metrics calls at most once a second). A reading that fails is
+reported once and never fails a sync.
 """
 
 from __future__ import annotations
@@ -15,18 +21,20 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from tartan.kernel import sysctl
 from tartan.kernel.errors import KernelFailure
 from tartan.kernel.ipset import Ipsets, apply_with_rules
-from tartan.kernel.iptables import Iptables
+from tartan.kernel.iptables import Iptables, RuleCounters
 from tartan.netpol.compiler import SET_PREFIX, Compiled, Options, compile_node
+from tartan.netpol.counters import POD_CHAIN_PREFIXES, Denied, DeniedTotals, Key, isolated_pods
 from tartan.netpol.source import PolicySource, Snapshot
 
 Apply = Callable[[Compiled], int]
 Report = Callable[[str, dict[str, object]], None]  # event, fields (the agent's logfmt log)
+ReadCounters = Callable[[], Mapping[str, Sequence[RuleCounters]]]  # pod chain -> its rules
 BRIDGE_SYSCTL = "net.bridge.bridge-nf-call-iptables"
 
 
@@ -40,6 +48,16 @@ class SyncResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Stats:
+    """What the enforcer has done, for /metrics."""
+
+    denied: dict[Key, Denied]
+    isolated: dict[str, int]  # direction -> local pods with a chain
+    syncs: dict[str, int] = field(default_factory=dict)  # outcome ("ok", "failed") -> syncs
+    last: SyncResult | None = None
+
+
 def kernel_apply(family: int = 4) -> Apply:
     """Apply to this namespace's kernel: sets, one restore of the filter table, prune."""
     ipsets, iptables = Ipsets(prefix=SET_PREFIX), Iptables(family)
@@ -49,6 +67,12 @@ def kernel_apply(family: int = 4) -> Apply:
                                 lambda: int(iptables.apply_with("filter", compiled.table)))
 
     return apply
+
+
+def kernel_counters(family: int = 4) -> ReadCounters:
+    """Read the pod chains' rule counters in this namespace's filter table (the backend is
+    found at the first reading, so a host without iptables fails that reading only)."""
+    return lambda: Iptables(family).counters("filter", POD_CHAIN_PREFIXES)
 
 
 def ensure_bridge_netfilter() -> None:
@@ -66,27 +90,82 @@ class Enforcer:
     def __init__(self, source: PolicySource, node: str, addresses: Callable[[], list[str]],
                  report: Report, *, apply: Apply | None = None, options: Options | None = None,
                  interval: float = 30.0, debounce: float = 0.1,
-                 prepare: Callable[[], None] = ensure_bridge_netfilter) -> None:
+                 prepare: Callable[[], None] = ensure_bridge_netfilter,
+                 counters: ReadCounters | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`counters` reads the pod chains' counters (None: denied packets are not counted)."""
         self.source, self.node, self.addresses, self.report = source, node, addresses, report
         self.options = options or Options()
         self.apply = apply or kernel_apply(self.options.family)
         self.interval, self.debounce = interval, debounce
-        self.prepare = prepare
+        self.prepare, self.read_counters, self.clock = prepare, counters, clock
         self.last: SyncResult | None = None
+        self.compiled: Compiled | None = None  # the last one applied
         self.failure = ""
+        self.denied = DeniedTotals()
+        self.syncs = {"ok": 0, "failed": 0}
         self._problems: set[str] = set()
+        self._counting = threading.Lock()  # one reading at a time, none during a restore
+        self._counted_at = -float("inf")
+        self._counters_failure = ""
 
     def sync(self) -> SyncResult:
+        try:
+            result = self._sync()
+        except Exception:
+            self.syncs["failed"] += 1
+            raise
+        self.syncs["ok"] += 1
+        return result
+
+    def _sync(self) -> SyncResult:
         started = time.perf_counter()
         snapshot = self.source.snapshot()
         self._report_problems(snapshot)
         compiled = compile_node(snapshot.cluster, self.node, self.addresses(), self.options)
-        changes = self.apply(compiled)
+        with self._counting:
+            self._count()  # what the chains counted, under the policies they had until now
+            changes = self.apply(compiled)
+            self.compiled = compiled
+            self._count()
         result = SyncResult(snapshot.revision, changes, len(compiled.isolated),
                             len(snapshot.cluster.policies), len(snapshot.problems),
                             time.perf_counter() - started)
         self.last = result
         return result
+
+    def count_denied(self, max_age: float = 0.0) -> None:
+        """Read the drop counters now, unless the last reading is younger than `max_age`
+        seconds or a sync is applying (it reads them itself, just after)."""
+        if not self._counting.acquire(blocking=False):
+            return
+        try:
+            if self.clock() - self._counted_at >= max_age:
+                self._count()
+        finally:
+            self._counting.release()
+
+    def stats(self) -> Stats:
+        compiled = self.compiled
+        return Stats(dict(self.denied.totals), isolated_pods(compiled.isolated if compiled else {}),
+                     dict(self.syncs), self.last)
+
+    def _count(self) -> None:
+        """One reading of the counters (the caller holds `_counting`); a failure is
+        reported once, while it lasts, and changes nothing."""
+        if self.read_counters is None:
+            return
+        try:
+            reading = self.read_counters()
+        except Exception as exc:  # counting never stops a sync, nor the agent
+            text = f"{type(exc).__name__}: {exc}"
+            if text != self._counters_failure:
+                self._counters_failure = text
+                self.report("netpol.counters_unread", {"error": text})
+            return
+        self.denied.add(reading, self.compiled.isolated if self.compiled else {})
+        self._counted_at = self.clock()
+        self._counters_failure = ""
 
     def run(self, stop: threading.Event) -> None:
         """Sync now, then on every change and every interval, until `stop`."""
