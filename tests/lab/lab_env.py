@@ -1,5 +1,6 @@
-"""Helpers for the lab end-to-end tests: a photo of the host, node datapath views (waiting
-is harness.eventually).
+"""Helpers for the lab end-to-end tests: a photo of the host, node datapath views, upstream
+NetworkPolicy e2e's model and `tartanctl lab` run as an operator runs it (waiting is
+harness.eventually).
 
 `HostSnapshot` records what a lab must never change in the host: its interfaces,
 addresses, routes, rules, iptables, host-level mounts, the node mount points and the lab
@@ -15,6 +16,8 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from tartan.debug import lab_agents
 from tartan.debug.lab import Lab
@@ -108,3 +111,51 @@ def status_peers(node: Node) -> dict[str, dict]:
 
 def dump(value: object) -> str:
     return json.dumps(value, indent=1, default=str)
+
+
+# -- upstream NetworkPolicy e2e's model: namespaces x, y, z; pods a, b, c in each, labelled
+# pod=<name>, serving TCP and UDP on 80 and 81 (ports named serve-80-tcp, ...) -------------
+
+NAMESPACES, PODS = ("x", "y", "z"), ("a", "b", "c")
+KEYS = [f"{ns}/{pod}" for ns in NAMESPACES for pod in PODS]
+
+
+def pod_manifest(ns: str, name: str, labels: dict | None = None) -> dict:
+    containers = [{"name": f"cont-{port}-{proto.lower()}", "image": "agnhost",
+                   "ports": [{"containerPort": port, "protocol": proto,
+                              "name": f"serve-{port}-{proto.lower()}"}]}
+                  for port in (80, 81) for proto in ("TCP", "UDP")]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": ns, "name": name, "labels": labels or {"pod": name}},
+            "spec": {"containers": containers}}
+
+
+def namespace_manifest(name: str, labels: dict | None = None) -> dict:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": name, "labels": {"kubernetes.io/metadata.name": name, **(labels or {})}}}
+
+
+def model() -> str:
+    docs: list[dict] = []
+    for ns in NAMESPACES:
+        docs.append(namespace_manifest(ns))
+        docs += [pod_manifest(ns, name) for name in PODS]
+    return yaml.safe_dump_all(docs)
+
+
+def policy(ns: str, name: str, spec: dict) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": ns, "name": name}, "spec": spec}
+
+
+def ctl(lab: Lab, command: str, *args: str, text: str | None = None
+        ) -> subprocess.CompletedProcess:
+    """`tartanctl lab COMMAND --name <lab> ARGS...`, `text` on its stdin."""
+    return subprocess.run([str(VENV_BIN / "tartanctl"), "lab", command, "--name", lab.name,
+                           *args], input=text, capture_output=True, text=True, timeout=120)
+
+
+def pods_json(lab: Lab) -> dict[str, dict]:
+    shown = ctl(lab, "pods", "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    return {f"{p['namespace']}/{p['name']}": p for p in json.loads(shown.stdout)}

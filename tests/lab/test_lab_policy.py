@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lab_env import VENV_BIN, down_clean, lab_name
+from lab_env import (
+    KEYS,
+    ctl,
+    down_clean,
+    lab_name,
+    model,
+    pod_manifest,
+    pods_json,
+    policy,
+)
 
 from tartan.debug import lab_agents, lab_objects
 from tartan.debug.lab import Lab, UpOptions
@@ -27,52 +36,12 @@ from harness import eventually
 
 pytestmark = pytest.mark.kernel
 
-NAMESPACES, PODS = ("x", "y", "z"), ("a", "b", "c")
-KEYS = [f"{ns}/{pod}" for ns in NAMESPACES for pod in PODS]
-
-
-def pod_manifest(ns: str, name: str, labels: dict | None = None) -> dict:
-    containers = [{"name": f"cont-{port}-{proto.lower()}", "image": "agnhost",
-                   "ports": [{"containerPort": port, "protocol": proto,
-                              "name": f"serve-{port}-{proto.lower()}"}]}
-                  for port in (80, 81) for proto in ("TCP", "UDP")]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"namespace": ns, "name": name, "labels": labels or {"pod": name}},
-            "spec": {"containers": containers}}
-
-
-def model() -> str:
-    docs: list[dict] = []
-    for ns in NAMESPACES:
-        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": ns, "labels": {"kubernetes.io/metadata.name": ns}}})
-        docs += [pod_manifest(ns, name) for name in PODS]
-    return yaml.safe_dump_all(docs)
-
-
-def policy(ns: str, name: str, spec: dict) -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"namespace": ns, "name": name}, "spec": spec}
-
-
 DENY_INGRESS_X = policy("x", "deny-ingress", {"podSelector": {}, "policyTypes": ["Ingress"]})
 ALLOW_FROM_Y = policy("x", "allow-from-y", {"podSelector": {}, "ingress": [{"from": [
     {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}]}]})
 DENY_EGRESS_Y = policy("y", "deny-egress", {"podSelector": {}, "policyTypes": ["Egress"]})
 NAMED_PORT = policy("x", "allow-serve-81-tcp", {"podSelector": {}, "ingress": [
     {"ports": [{"port": "serve-81-tcp"}]}]})
-
-
-def ctl(lab: Lab, command: str, *args: str, text: str | None = None
-        ) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / "tartanctl"), "lab", command, "--name", lab.name,
-                           *args], input=text, capture_output=True, text=True, timeout=120)
-
-
-def pods_json(lab: Lab) -> dict[str, dict]:
-    shown = ctl(lab, "pods", "-o", "json")
-    assert shown.returncode == 0, shown.stderr
-    return {f"{p['namespace']}/{p['name']}": p for p in json.loads(shown.stdout)}
 
 
 def synced(lab: Lab, revision: int) -> bool:
