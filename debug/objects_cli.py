@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -33,7 +32,7 @@ from tartan.debug.kube import (
     timestamp,
 )
 from tartan.ipam.objects import ObjectStore
-from tartan.netpol.manifest import Loaded, ManifestError, load, load_objects
+from tartan.netpol.manifest import Loaded, ManifestError, expand, load, load_objects, read_text
 from tartan.netpol.model import Namespace, NetworkPolicy, Pod
 
 _LISTS = {"List": "", "NamespaceList": "Namespace", "PodList": "Pod",
@@ -60,7 +59,7 @@ class Inputs:
 def read_inputs(paths: list[str], stdin: TextIO) -> Inputs:
     """Every valid object of the files, in order, and a line for each invalid one. A file
     that cannot be read stops everything before the store is touched (as kubectl does)."""
-    texts = [(file, _read(file, stdin)) for path in paths for file in _expand(path)]
+    texts = [(file, _read(file, stdin)) for path in paths for file in expand(path)]
     inputs = Inputs()
     for source, text in texts:
         try:
@@ -78,24 +77,11 @@ def read_inputs(paths: list[str], stdin: TextIO) -> Inputs:
     return inputs
 
 
-def _expand(path: str) -> list[str]:
-    """A directory's manifests (as `kubectl apply -f DIR`: not recursive), else the path."""
-    if path == "-" or not os.path.isdir(path):
-        return [path]
-    names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml", ".json")))
-    return [os.path.join(path, name) for name in names]
-
-
 def _read(path: str, stdin: TextIO) -> str:
     try:
-        if path == "-":
-            return stdin.read()
-        with open(path, encoding="utf-8") as file:
-            return file.read()
-    except OSError as exc:
-        raise CtlError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise CtlError(f"{path}: is not UTF-8 text (byte {exc.start})") from None
+        return read_text(path, stdin)
+    except ManifestError as exc:
+        raise CtlError(f"{path}: {exc.detail}") from None
 
 
 def _documents(text: str) -> list[Any]:

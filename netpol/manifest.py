@@ -108,8 +108,8 @@ def load_files(paths: Sequence[str], stdin: TextIO | None = None) -> Loaded:
     merged; raises ManifestError naming the file that cannot be read."""
     collector = _Collector()
     for path in paths:
-        for file in _expand(path):
-            collector.read(_read(file, stdin or sys.stdin), file)
+        for file in expand(path):
+            collector.read(read_text(file, stdin or sys.stdin), file)
     return collector.result()
 
 
@@ -317,7 +317,7 @@ class _Collector:
 # -- files ----------------------------------------------------------------------------
 
 
-def _expand(path: str) -> list[str]:
+def expand(path: str) -> list[str]:
     """A directory's manifests (as `kubectl apply -f DIR`: not recursive), else the path."""
     if path == "-" or not os.path.isdir(path):
         return [path]
@@ -325,7 +325,9 @@ def _expand(path: str) -> list[str]:
     return [os.path.join(path, name) for name in names]
 
 
-def _read(path: str, stdin: TextIO) -> str:
+def read_text(path: str, stdin: TextIO) -> str:
+    """A manifest file's text ('-': stdin); ManifestError naming the file when it cannot be
+    read or is not UTF-8."""
     try:
         if path == "-":
             return stdin.read()

@@ -309,7 +309,8 @@ def test_usage_errors_exit_2(capsys, db, argv):
 def test_a_file_that_is_not_there_applies_nothing(capsys, db, manifest, tmp_path):
     code, out, err = run(capsys, db, "apply", "-f", str(manifest), "-f", str(tmp_path / "no"))
     assert (code, out) == (1, "")
-    assert err == f"tartanctl apply: {tmp_path / 'no'}: cannot be read: No such file or directory\n"
+    assert err == (f"tartanctl apply: {tmp_path / 'no'}: cannot be read: No such file or "
+                   "directory; check the path and its permissions\n")
     assert not stored(db)["pods"]
 
 
