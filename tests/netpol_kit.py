@@ -18,6 +18,7 @@ from tartan.netpol.model import (
     Protocol,
     Rule,
 )
+from tartan.netpol.source import Snapshot
 
 from netpol_sim import Packet, verdict
 
@@ -82,3 +83,25 @@ ALL = {p.key for p in PODS}
 
 def in_ns(*namespaces: str) -> set[str]:
     return {p.key for p in PODS if p.namespace in namespaces}
+
+
+# -- for the enforcer on a real datapath (tests/kernel) --------------------------------
+
+# A TCP server on port 80 that accepts and closes, run inside a pod's namespace.
+LISTENER = ("import socket\n"
+            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('0.0.0.0', 80)); s.listen(64); print('ready', flush=True)\n"
+            "while True:\n    c,_=s.accept(); c.close()\n")
+
+
+class StaticSource:
+    """A policy source that holds one cluster; tests change it and bump the revision."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster, self.revision = cluster, 1
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.cluster, self.revision)
+
+    def wait(self, revision: int, timeout: float) -> int:
+        return self.revision

@@ -29,32 +29,17 @@ from tartan.netpol.model import (
     Protocol,
     Rule,
 )
-from tartan.netpol.source import Snapshot
 
-from netpol_kit import EGRESS, policy, sel
+from netpol_kit import EGRESS, LISTENER, StaticSource, policy, sel
 
 pytestmark = pytest.mark.kernel
 
-LISTENER = ("import socket\n"
-            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            "s.bind(('0.0.0.0', 80)); s.listen(64); print('ready', flush=True)\n"
-            "while True:\n    c,_=s.accept(); c.close()\n")
 FROM_B = policy("from-b", selector=sel(pod="a"),
                 ingress=(Rule((Peer(pod_selector=sel(pod="b")),)),))
 NOBODY = policy("nobody", selector=sel(pod="a"),
                 ingress=(Rule((Peer(pod_selector=sel(pod="zz")),)),))
 C_OUT = policy("c-out", selector=sel(pod="c"), types=EGRESS)
 
-
-class Source:
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster, self.revision = cluster, 1
-
-    def snapshot(self) -> Snapshot:
-        return Snapshot(self.cluster, self.revision)
-
-    def wait(self, revision: int, timeout: float) -> int:
-        return self.revision
 
 
 @pytest.fixture
@@ -111,7 +96,7 @@ def denied(enforcer: Enforcer) -> dict[tuple[str, str], Denied]:
 def test_denied_packets_count_per_policy_and_direction_and_survive_a_rewrite(node):
     net, pods = node
     a, b, c = pods["a"], pods["b"], pods["c"]
-    source = Source(cluster_of(pods, FROM_B))
+    source = StaticSource(cluster_of(pods, FROM_B))
     enforcer = enforcer_in(net, source)
     enforcer.sync()
     assert connects(b, a.address) and connects(b, a.address)

@@ -28,28 +28,13 @@ from tartan.netpol.model import (
     Protocol,
     Rule,
 )
-from tartan.netpol.source import Snapshot
 
 from harness import eventually
-from netpol_kit import policy, sel
+from netpol_kit import LISTENER, StaticSource, policy, sel
 
 pytestmark = pytest.mark.kernel
 
-LISTENER = ("import socket,sys\n"
-            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            "s.bind(('0.0.0.0', 80)); s.listen(64); print('ready', flush=True)\n"
-            "while True:\n    c,_=s.accept(); c.close()\n")
 
-
-class Source:
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster, self.revision = cluster, 1
-
-    def snapshot(self) -> Snapshot:
-        return Snapshot(self.cluster, self.revision)
-
-    def wait(self, revision: int, timeout: float) -> int:
-        return self.revision
 
 
 @pytest.fixture
@@ -105,7 +90,7 @@ def test_isolation_allows_only_what_a_rule_allows_and_the_node_always(node):
     net, pods = node
     allow_b = policy("from-b", selector=sel(pod="a"),
                      ingress=(Rule((Peer(pod_selector=sel(pod="b")),)),))
-    enforcer_in(net, Source(cluster_of(pods, allow_b))).sync()
+    enforcer_in(net, StaticSource(cluster_of(pods, allow_b))).sync()
     a, b, c = pods["a"], pods["b"], pods["c"]
     assert connects(b, a.address)
     assert not connects(c, a.address)  # same node, same bridge: FORWARD via br_netfilter
@@ -117,7 +102,7 @@ def test_isolation_allows_only_what_a_rule_allows_and_the_node_always(node):
 def test_a_named_port_is_resolved_on_the_pod_and_protocols_count(node):
     net, pods = node
     http = policy("http", ingress=(Rule(ports=(PolicyPort(Protocol.TCP, "http"),)),))
-    enforcer_in(net, Source(cluster_of(pods, http))).sync()
+    enforcer_in(net, StaticSource(cluster_of(pods, http))).sync()
     a, b = pods["a"], pods["b"]
     assert connects(b, a.address, 80)
     ping = subprocess.run(["ip", "netns", "exec", b.ns.name, "ping", "-c", "1", "-W", "1",
@@ -130,7 +115,7 @@ def test_resyncs_under_traffic_never_drop_an_allowed_flow_or_pass_a_denied_one(n
     a, b, c = pods["a"], pods["b"], pods["c"]
     allow_b = policy("from-b", selector=sel(pod="a"),
                      ingress=(Rule((Peer(pod_selector=sel(pod="b")),)),))
-    source = Source(cluster_of(pods, allow_b))
+    source = StaticSource(cluster_of(pods, allow_b))
     enforcer = enforcer_in(net, source)
     enforcer.sync()
     flows = {name: subprocess.Popen(
@@ -172,11 +157,11 @@ def test_other_components_rules_and_sets_survive_and_a_restart_changes_nothing(n
     net.host.run("iptables", "-A", "FORWARD", "-m", "comment", "--comment", "kube-router",
                  "-j", "ACCEPT")
     deny = policy("deny")
-    enforcer_in(net, Source(cluster_of(pods, deny))).sync()
-    enforcer_in(net, Source(cluster_of(pods))).sync()  # policies gone: sets pruned
-    again = enforcer_in(net, Source(cluster_of(pods, deny)))
+    enforcer_in(net, StaticSource(cluster_of(pods, deny))).sync()
+    enforcer_in(net, StaticSource(cluster_of(pods))).sync()  # policies gone: sets pruned
+    again = enforcer_in(net, StaticSource(cluster_of(pods, deny)))
     assert again.sync().changes > 0
-    fresh = enforcer_in(net, Source(cluster_of(pods, deny)))  # a restarted agent
+    fresh = enforcer_in(net, StaticSource(cluster_of(pods, deny)))  # a restarted agent
     assert fresh.sync().changes == 0
     saved = net.host.iptables_save("filter")
     assert "kube-router" in saved
@@ -186,7 +171,7 @@ def test_other_components_rules_and_sets_survive_and_a_restart_changes_nothing(n
 
 def test_the_enforcer_thread_applies_a_change_soon_after_it_is_written(node):
     net, pods = node
-    source = Source(cluster_of(pods))
+    source = StaticSource(cluster_of(pods))
     changed = threading.Event()
 
     def wait(revision: int, timeout: float) -> int:
