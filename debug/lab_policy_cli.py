@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -56,6 +57,11 @@ def cmd_delete(lab: Lab, args: argparse.Namespace) -> int:
 # -- probe ----------------------------------------------------------------------------
 
 
+def source_ports(lab: Lab, count: int) -> lab_probe.SourcePorts:
+    """`count` UDP source ports not used by the lab's recent probes."""
+    return lab_probe.SourcePorts(lab.dir / "udp-probe-port", count)
+
+
 def outcome_text(outcome: Outcome) -> str:
     word = "allowed" if outcome.allowed else "denied"
     answer = f"; reply from {outcome.answer}" if outcome.answer else ""
@@ -65,7 +71,8 @@ def outcome_text(outcome: Outcome) -> str:
 def cmd_probe(lab: Lab, args: argparse.Namespace) -> int:
     state = lab.load()
     src, dst = lab_probe.find(state, args.src), lab_probe.find(state, args.dst)
-    outcome = lab_probe.probe(src, dst, args.port, args.protocol)
+    outcome = lab_probe.probe(src, dst, args.port, args.protocol,
+                              source_ports=source_ports(lab, lab_probe.TRIES))
     flow = f"{src.key} -> {dst.key} {args.port}/{args.protocol.value}"
     if args.output == "json":
         out(json.dumps({"from": src.key, "to": dst.key, "port": args.port,
@@ -99,7 +106,10 @@ def run_matrix(lab: Lab, ports: tuple[int, ...], protocols: tuple[Protocol, ...]
         raise LabError(f"lab {lab.name} has {len(pods)} pod(s) with ports: apply Pods with "
                        "containers[].ports first (`tartanctl lab apply -f`)")
     start = time.monotonic()
-    observed = lab_probe.probe_all(pods, ports, protocols, workers)
+    udp_attempts = lab_probe.TRIES * len(lab_probe.flows(pods, ports, (Protocol.UDP,)))
+    next_port = source_ports(lab, udp_attempts if Protocol.UDP in protocols else 0)
+    observed = lab_probe.probe_all(pods, ports, protocols, workers, functools.partial(
+        lab_probe.probe, source_ports=next_port))
     took = time.monotonic() - start
     table, problems, notes = lab_probe.expected(lab_objects.stored_objects(lab, state), pods,
                                                 ports, protocols)
@@ -155,8 +165,10 @@ def matrix_json(m: Matrix) -> dict[str, Any]:
         "expected": to_json(m.expected),
         "differences": [{"from": c.src, "to": c.dst, "port": c.port,
                          "protocol": c.protocol.value, "expected": c.allowed,
-                         "observed": not c.allowed, "by": list(c.verdict.by)}
-                        for c in m.differences()],
+                         "observed": not c.allowed, "by": list(c.verdict.by),
+                         "reason": seen.reason, "answer": seen.answer}
+                        for c in m.differences()
+                        for seen in [m.observed[(c.src, c.dst, c.port, c.protocol)]]],
         "problems": m.problems, "notes": m.notes, "ok": m.ok,
     }
 

@@ -12,11 +12,14 @@ in the lab's store (what every node's enforcer reads), limited to the probed pod
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tartan.debug.lab_state import LabState, Pod
 from tartan.debug.lab_sys import LabError, netns_path
@@ -32,6 +35,9 @@ TIMEOUT = 1.0  # seconds, agnhost connect's --timeout in upstream's prober
 TRIES = 2  # one retry
 WORKERS = 32  # a denied probe mostly waits: the bound is on sockets, not on CPU
 PROBE_PAYLOAD = b"probe\n"
+# UDP probes' source ports: below the kernel's ephemeral range (32768-60999), so no port the
+# kernel picks for a TCP probe collides with one of them
+UDP_SOURCE_PORTS = range(10000, 32768)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,47 @@ class Outcome:
     answer: str = ""  # what the listener sent (its pod's namespace/name)
 
 
-Attempt = Callable[[str, str, int, Protocol, float], Outcome]
+Attempt = Callable[[str, str, int, Protocol, float, int], Outcome]
+NextPort = Callable[[], int]  # the source port of the next UDP attempt (0: the kernel's pick)
+
+
+class SourcePorts:
+    """UDP source ports handed out in turn, across runs: a file keeps the next one.
+
+    A UDP attempt from a port that an earlier, allowed attempt to the same destination used
+    less than 30 s ago would match that flow's conntrack entry and pass as its reply, even
+    after a policy came to deny it; a port the kernel picks at random does that now and then.
+    Turning through 22,768 ports, one is used again only after as many UDP attempts.
+    """
+
+    def __init__(self, path: Path, count: int) -> None:
+        self._lock = threading.Lock()
+        self._next, self._left = self._reserve(path, count), count
+
+    def __call__(self) -> int:
+        with self._lock:
+            if self._left <= 0:
+                return 0
+            port, self._left = self._next, self._left - 1
+            self._next = _turn(self._next + 1)
+            return port
+
+    @staticmethod
+    def _reserve(path: Path, count: int) -> int:
+        with open(path, "a+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)  # two probing processes take apart blocks
+            file.seek(0)
+            text = file.read().strip()
+            first = _turn(int(text)) if text.isdigit() else UDP_SOURCE_PORTS.start
+            file.seek(0)
+            file.truncate()
+            file.write(str(_turn(first + count)))
+        return first
+
+
+def _turn(port: int) -> int:
+    low, size = UDP_SOURCE_PORTS.start, len(UDP_SOURCE_PORTS)
+    return low + (port - low) % size
 
 
 def pod_ref(text: str) -> str:
@@ -84,19 +130,28 @@ def tcp(ip: str, port: int, timeout: float) -> Outcome:
     return Outcome(True, "connected", answer)
 
 
-def udp(ip: str, port: int, timeout: float) -> Outcome:
+def udp(ip: str, port: int, timeout: float, source_port: int = 0) -> Outcome:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
+        if source_port:
+            try:
+                sock.bind(("", source_port))
+            except OSError:  # in use in this pod: the kernel picks one
+                sock.bind(("", 0))
         sock.connect((ip, port))
         sock.send(PROBE_PAYLOAD)
         return Outcome(True, "answered", _text(sock.recv(256)))
 
 
-def attempt(netns: str, ip: str, port: int, protocol: Protocol, timeout: float) -> Outcome:
-    """One try from inside the namespace `netns` (this thread enters it and comes back)."""
+def attempt(netns: str, ip: str, port: int, protocol: Protocol, timeout: float,
+            source_port: int = 0) -> Outcome:
+    """One try from inside the namespace `netns` (this thread enters it and comes back);
+    `source_port` is for UDP (0: the kernel's pick)."""
     try:
         with entered(netns_path(netns)):
-            return (tcp if protocol is Protocol.TCP else udp)(ip, port, timeout)
+            if protocol is Protocol.TCP:
+                return tcp(ip, port, timeout)
+            return udp(ip, port, timeout, source_port)
     except (KernelFailure, Gone) as exc:
         raise LabError(f"cannot probe from {netns}: {exc}") from None
     except OSError as exc:
@@ -104,11 +159,13 @@ def attempt(netns: str, ip: str, port: int, protocol: Protocol, timeout: float) 
 
 
 def probe(src: Pod, dst: Pod, port: int, protocol: Protocol, tries: int = TRIES,
-          timeout: float = TIMEOUT, attempt: Attempt = attempt) -> Outcome:
+          timeout: float = TIMEOUT, attempt: Attempt = attempt,
+          source_ports: NextPort = lambda: 0) -> Outcome:
     """Allowed when one of `tries` attempts gets through."""
     outcome = Outcome(False, "not tried")
     for _ in range(max(1, tries)):
-        outcome = attempt(src.netns, dst.ip, port, protocol, timeout)
+        outcome = attempt(src.netns, dst.ip, port, protocol, timeout,
+                          source_ports() if protocol is Protocol.UDP else 0)
         if outcome.allowed:
             break
     return outcome
@@ -128,6 +185,7 @@ def probe_all(pods: Sequence[Pod], ports: Sequence[int], protocols: Sequence[Pro
               workers: int = WORKERS,
               one: Callable[[Pod, Pod, int, Protocol], Outcome] = probe
               ) -> dict[Key, Outcome]:
+    """Every flow of the matrix (`one` probes one: give it a `SourcePorts`)."""
     todo = flows(pods, ports, protocols)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(lambda flow: one(*flow), todo))

@@ -51,15 +51,33 @@ def test_failed_attempts_in_a_word():
 def test_a_denied_attempt_is_tried_once_more_then_denied():
     tries = []
 
-    def attempt(netns, ip, port, protocol, timeout):
-        tries.append((netns, ip, port, protocol, timeout))
+    def attempt(netns, ip, port, protocol, timeout, source_port):
+        tries.append((netns, ip, port, protocol, timeout, source_port))
         return Outcome(len(tries) == 2, "answered" if len(tries) == 2 else "timed out")
 
-    assert lab_probe.probe(A, B, 80, UDP, attempt=attempt) == Outcome(True, "answered")
-    assert tries[0] == (A.netns, "10.244.2.2", 80, UDP, 1.0)
+    ports = iter([12000, 12001])
+    assert lab_probe.probe(A, B, 80, UDP, attempt=attempt,
+                           source_ports=lambda: next(ports)) == Outcome(True, "answered")
+    assert tries == [(A.netns, "10.244.2.2", 80, UDP, 1.0, 12000),
+                     (A.netns, "10.244.2.2", 80, UDP, 1.0, 12001)]
     tries.clear()
     denied = lab_probe.probe(A, B, 80, TCP, tries=1, attempt=attempt)
-    assert denied == Outcome(False, "timed out") and len(tries) == 1
+    assert denied == Outcome(False, "timed out") and tries == [
+        (A.netns, "10.244.2.2", 80, TCP, 1.0, 0)]  # TCP: the kernel picks
+
+
+def test_udp_source_ports_are_handed_out_in_turn_across_runs(tmp_path):
+    path = tmp_path / "udp-probe-port"
+    first = lab_probe.SourcePorts(path, 3)
+    second = lab_probe.SourcePorts(path, 2)  # a second run takes the ports after them
+    assert [first() for _ in range(4)] == [10000, 10001, 10002, 0]  # 0: its block is used up
+    assert [second(), second()] == [10003, 10004]
+    path.write_text("32766")
+    wrapping = lab_probe.SourcePorts(path, 3)
+    assert [wrapping() for _ in range(3)] == [32766, 32767, 10000]
+    assert path.read_text() == "10001"
+    path.write_text("garbage")
+    assert lab_probe.SourcePorts(path, 1)() == 10000
 
 
 def test_flows_skip_a_pod_to_itself_and_follow_the_tables_order():
@@ -124,7 +142,8 @@ def test_the_model_says_which_pods_the_store_does_not_know_or_knows_otherwise():
 def matrix(observed_allowed: bool) -> Matrix:
     table, _, _ = lab_probe.expected(store([DENY_X]), [A, C], [80], [TCP])
     observed = {("x/a", "y/a", 80, TCP): Outcome(True, "connected", "y/a"),
-                ("y/a", "x/a", 80, TCP): Outcome(observed_allowed, "timed out")}
+                ("y/a", "x/a", 80, TCP): (Outcome(True, "connected", "x/a") if observed_allowed
+                                          else Outcome(False, "timed out"))}
     return Matrix(["x/a", "y/a"], (80,), (TCP,), observed, table)
 
 
@@ -151,4 +170,5 @@ def test_the_json_has_both_sides():
                                   "allowed": True, "reason": "connected", "answer": "y/a"}
     assert len(doc["expected"]["cells"]) == 4
     assert doc["differences"] == [{"from": "y/a", "to": "x/a", "port": 80, "protocol": "TCP",
-                                   "expected": False, "observed": True, "by": ["x/deny ingress"]}]
+                                   "expected": False, "observed": True, "by": ["x/deny ingress"],
+                                   "reason": "connected", "answer": "x/a"}]
