@@ -3,6 +3,8 @@
     <prefix>/config                  net-conf.json
     <prefix>/subnets/10.244.1.0-24   {"PublicIP": ..., "BackendType": ..., "BackendData": ...}
     <prefix>/tartan/<kind>/<key>     Tartan's objects (ipam/objects.py), which flannel ignores
+    <prefix>/tartan/~deleted/<kind>/<key>   a deleted object's tombstone, for object_changes
+    <prefix>/tartan/~compacted       the revision up to which tombstones were pruned
 
 Each subnet key is attached to its own etcd lease, so etcd deletes it when the TTL runs out
 (and watchers see the delete). A key without an etcd lease is a reservation that never
@@ -54,8 +56,10 @@ from tartan.ipam.lease import (  # noqa: E402
 )
 from tartan.ipam.netconf import WHOLE, decode_json  # noqa: E402
 from tartan.ipam.objects import (  # noqa: E402
+    ObjectChanges,
     Objects,
     check_key,
+    deleted_by_kind,
     encode_object,
     objects_by_kind,
 )
@@ -67,6 +71,11 @@ DEFAULT_TIMEOUT = 5.0
 _FAILURES = (Etcd3Exception, grpc.RpcError)
 KeyRange = tuple[bytes, bytes]  # [key, range_end), as etcd ranges are given
 _GONE = 0  # a watch's end without an event and before its deadline (revisions start at 1)
+PAGE = 1000  # keys per range request
+TXN_OPS = 100  # operations per txn (etcd's default limit is 128)
+BOOKKEEPING = "~"  # <prefix>/tartan/~...: tombstones and their marker, no kind starts so
+TOMBSTONE_REVISIONS = 100_000  # deletions kept for `object_changes`, in etcd revisions
+PRUNE_EVERY = 1000  # a delete at a revision divisible by this prunes older tombstones
 
 
 def parse_endpoint(url: str) -> tuple[str, int]:
@@ -159,6 +168,18 @@ class EtcdLeaseStore:
     def object_key(self, kind: str, key: str) -> str:
         return f"{self.objects_prefix}{kind}/{key}"
 
+    @property
+    def tombstones_prefix(self) -> str:
+        return f"{self.objects_prefix}{BOOKKEEPING}deleted/"
+
+    def tombstone_key(self, kind: str, key: str) -> str:
+        return f"{self.tombstones_prefix}{kind}/{key}"
+
+    @property
+    def compacted_key(self) -> str:
+        """The revision up to which tombstones were pruned."""
+        return f"{self.objects_prefix}{BOOKKEEPING}compacted"
+
     def _lease_ranges(self) -> list[KeyRange]:
         """The whole prefix but the objects' subtree."""
         whole, objects = self.prefix.encode() + b"/", self.objects_prefix.encode()
@@ -180,13 +201,14 @@ class EtcdLeaseStore:
             client.put(self.config_key, json.dumps(config))
 
     def list_leases(self) -> tuple[list[Lease], int]:
+        start = self.subnets_prefix.encode()
         with self._session() as client:
-            response = client.get_prefix_response(self.subnets_prefix)
-            leases = [self._lease(client, kv) for kv in response.kvs]
-        live = {kv.lease for kv in response.kvs}
+            kvs, revision = self._range(client, start, _range_end(start))
+            leases = [self._lease(client, kv) for kv in kvs]
+        live = {kv.lease for kv in kvs}
         self._expiry = {key: at for key, at in self._expiry.items() if key in live}
         found = [lease for lease in leases if lease is not None]
-        return sorted(found, key=lambda lease: lease.subnet), response.header.revision
+        return sorted(found, key=lambda lease: lease.subnet), revision
 
     def create(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: float) -> Lease | None:
         absent = etcdrpc.Compare(key=self.lease_key(subnet).encode(), result=etcdrpc.Compare.EQUAL,
@@ -216,20 +238,57 @@ class EtcdLeaseStore:
 
     def put_object(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         text = encode_object(kind, key, value)
+        put = etcdrpc.PutRequest(key=self.object_key(kind, key).encode(), value=text.encode())
+        undelete = etcdrpc.DeleteRangeRequest(key=self.tombstone_key(kind, key).encode())
+        txn = etcdrpc.TxnRequest(success=[etcdrpc.RequestOp(request_put=put),
+                                          etcdrpc.RequestOp(request_delete_range=undelete)])
         with self._session() as client:
-            client.put(self.object_key(kind, key), text)
+            client.kvstub.Txn(txn, client.timeout, metadata=client.metadata)
 
     def delete_object(self, kind: str, key: str) -> bool:
+        """The delete and its tombstone (what `object_changes` finds it by), in one txn."""
         check_key(kind, key)
+        name = self.object_key(kind, key).encode()
+        there = etcdrpc.Compare(key=name, result=etcdrpc.Compare.GREATER,
+                                target=etcdrpc.Compare.VERSION, version=0)
+        tombstone = etcdrpc.PutRequest(key=self.tombstone_key(kind, key).encode(), value=b"")
+        txn = etcdrpc.TxnRequest(compare=[there], success=[
+            etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=name)),
+            etcdrpc.RequestOp(request_put=tombstone)])
         with self._session() as client:
-            return bool(client.delete(self.object_key(kind, key)))
+            response = client.kvstub.Txn(txn, client.timeout, metadata=client.metadata)
+            if response.succeeded and response.header.revision % PRUNE_EVERY == 0:
+                self._prune_tombstones(client, response.header.revision - TOMBSTONE_REVISIONS)
+        return bool(response.succeeded)
 
     def list_objects(self) -> tuple[dict[str, Objects], int]:
-        """One range read: the objects as of its header's revision."""
+        """The objects as of one revision (read in pages: gRPC caps a message at 4 MiB)."""
         with self._session() as client:
-            response = client.get_prefix_response(self.objects_prefix)
-        rows = [self._object_row(kv) for kv in response.kvs]
-        return objects_by_kind(rows, "etcd"), response.header.revision
+            kvs, revision = self._range(client, *self._object_ranges()[0])
+        rows = [row for kv in kvs if (row := self._object_row(kv)) is not None]
+        return objects_by_kind(rows, "etcd"), revision
+
+    def object_changes(self, since: int) -> ObjectChanges | None:
+        """Objects whose mod_revision is after `since`, and tombstones as new, at one
+        revision; None when tombstones that old were pruned."""
+        with self._session() as client:
+            marker = client.kvstub.Range(etcdrpc.RangeRequest(key=self.compacted_key.encode()),
+                                         client.timeout, metadata=client.metadata)
+            revision = marker.header.revision
+            compacted = int(marker.kvs[0].value or 0) if marker.kvs else 0
+            if not compacted <= since <= revision:
+                return None
+            kvs, _ = self._range(client, *self._object_ranges()[0], revision=revision,
+                                 min_mod_revision=since + 1)
+        rows, gone = [], []
+        for kv in kvs:
+            name = kv.key.decode(errors="replace")
+            if name.startswith(self.tombstones_prefix):
+                kind, _, key = name[len(self.tombstones_prefix):].partition("/")
+                gone.append((kind, key))
+            elif (row := self._object_row(kv)) is not None:
+                rows.append(row)
+        return ObjectChanges(revision, objects_by_kind(rows, "etcd"), deleted_by_kind(gone))
 
     def wait_objects(self, revision: int, timeout: float) -> int:
         """As `wait`, over the objects' subtree; `revision` itself at the timeout (nothing
@@ -273,9 +332,45 @@ class EtcdLeaseStore:
             return None
         return _GONE  # the stream ended before the deadline: as a cancel
 
-    def _object_row(self, kv: etcdrpc.KeyValue) -> tuple[str, str, bytes]:
-        kind, _, key = kv.key.decode(errors="replace")[len(self.objects_prefix):].partition("/")
+    def _object_row(self, kv: etcdrpc.KeyValue) -> tuple[str, str, bytes] | None:
+        """(kind, key, text) of an object's key; None for the store's own bookkeeping."""
+        name = kv.key.decode(errors="replace")[len(self.objects_prefix):]
+        if name.startswith(BOOKKEEPING):
+            return None
+        kind, _, key = name.partition("/")
         return kind, key, kv.value
+
+    def _range(self, client: etcd3.Etcd3Client, key: bytes, end: bytes, revision: int = 0,
+               min_mod_revision: int = 0) -> tuple[list[etcdrpc.KeyValue], int]:
+        """Every key in [key, end) at one revision (the current one when 0), a page at a
+        time; that revision."""
+        kvs: list[etcdrpc.KeyValue] = []
+        while True:
+            request = etcdrpc.RangeRequest(key=key, range_end=end, limit=PAGE,
+                                           revision=revision,
+                                           min_mod_revision=min_mod_revision)
+            response = client.kvstub.Range(request, client.timeout, metadata=client.metadata)
+            revision = revision or response.header.revision
+            kvs.extend(response.kvs)
+            if not response.more or not response.kvs:
+                return kvs, revision
+            key = response.kvs[-1].key + b"\0"
+
+    def _prune_tombstones(self, client: etcd3.Etcd3Client, below: int) -> None:
+        """Forget deletions at or before `below`: the marker first, so no reader takes the
+        changes since an older revision for complete while tombstones go."""
+        if below <= 0:
+            return
+        client.put(self.compacted_key, str(below))
+        start = self.tombstones_prefix.encode()
+        request = etcdrpc.RangeRequest(key=start, range_end=_range_end(start), keys_only=True,
+                                       max_mod_revision=below)
+        old = client.kvstub.Range(request, client.timeout, metadata=client.metadata).kvs
+        for first in range(0, len(old), TXN_OPS):
+            ops = [etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=kv.key))
+                   for kv in old[first:first + TXN_OPS]]
+            client.kvstub.Txn(etcdrpc.TxnRequest(success=ops), client.timeout,
+                              metadata=client.metadata)
 
     def _put_if(self, client: etcd3.Etcd3Client, compare: etcdrpc.Compare,
                 subnet: IPv4Network, attrs: LeaseAttrs, ttl: float | None) -> Lease | None:

@@ -12,7 +12,14 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from tartan.ipam.lease import Clock, Lease, LeaseAttrs, poll_wait, renewed_expiration
-from tartan.ipam.objects import Objects, check_key, encode_object, objects_by_kind
+from tartan.ipam.objects import (
+    ObjectChanges,
+    Objects,
+    check_key,
+    deleted_by_kind,
+    encode_object,
+    objects_by_kind,
+)
 
 
 class MemoryLeaseStore:
@@ -27,6 +34,8 @@ class MemoryLeaseStore:
         self._objects_cond = threading.Condition()  # objects: their own revision and waiters
         self._objects: dict[tuple[str, str], str] = {}  # (kind, key) -> JSON text
         self._object_revision = 1
+        self._written: dict[tuple[str, str], int] = {}  # (kind, key) -> revision of its write
+        self._tombstones: dict[tuple[str, str], int] = {}  # deleted: revision of the delete
 
     def get_config(self) -> dict | None:
         with self._cond:
@@ -75,6 +84,8 @@ class MemoryLeaseStore:
         with self._objects_cond:
             self._objects[kind, key] = text
             self._bump_objects()
+            self._written[kind, key] = self._object_revision
+            self._tombstones.pop((kind, key), None)
 
     def delete_object(self, kind: str, key: str) -> bool:
         check_key(kind, key)
@@ -82,7 +93,19 @@ class MemoryLeaseStore:
             if self._objects.pop((kind, key), None) is None:
                 return False
             self._bump_objects()
+            self._written.pop((kind, key), None)
+            self._tombstones[kind, key] = self._object_revision
             return True
+
+    def object_changes(self, since: int) -> ObjectChanges | None:
+        with self._objects_cond:
+            if not 0 <= since <= self._object_revision:
+                return None
+            rows = [(kind, key, self._objects[kind, key])
+                    for (kind, key), revision in self._written.items() if revision > since]
+            gone = [ident for ident, revision in self._tombstones.items() if revision > since]
+            return ObjectChanges(self._object_revision, objects_by_kind(rows, "memory"),
+                                 deleted_by_kind(gone))
 
     def list_objects(self) -> tuple[dict[str, Objects], int]:
         with self._objects_cond:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from tartan.ipam.lease import (
     DEFAULT_SQLITE_PATH,
+    OBJECT_POLL_INTERVAL,
     Clock,
     Lease,
     LeaseAttrs,
@@ -37,12 +38,20 @@ from tartan.ipam.lease import (
     renewed_expiration,
 )
 from tartan.ipam.netconf import WHOLE, decode_json
-from tartan.ipam.objects import Objects, check_key, encode_object, objects_by_kind
+from tartan.ipam.objects import (
+    ObjectChanges,
+    Objects,
+    check_key,
+    deleted_by_kind,
+    encode_object,
+    objects_by_kind,
+)
 
 # Opening fails this way only when the path itself is wrong: no retry will fix it.
 _PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                                errno.EACCES, errno.EPERM, errno.EROFS})
 DEFAULT_BUSY_TIMEOUT = 5.0
+TOMBSTONE_REVISIONS = 100_000  # deletions kept for `object_changes`, in object revisions
 SCHEMA = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS tartan_state (
@@ -59,16 +68,36 @@ CREATE TABLE IF NOT EXISTS tartan_leases (
 );
 CREATE TABLE IF NOT EXISTS tartan_object_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    revision INTEGER NOT NULL
+    revision INTEGER NOT NULL,
+    compacted INTEGER NOT NULL DEFAULT 0
 );
 INSERT OR IGNORE INTO tartan_object_state (id, revision) VALUES (1, 1);
 CREATE TABLE IF NOT EXISTS tartan_objects (
     kind TEXT NOT NULL,
     key TEXT NOT NULL,
     value TEXT NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS tartan_object_tombstones (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    revision INTEGER NOT NULL,
     PRIMARY KEY (kind, key)
 );
 COMMIT;
+"""
+# Files made before objects had revisions get the columns; what they hold counts as written
+# at revision 0, and `compacted` says no change before the current revision can be told.
+MIGRATIONS = (
+    ("tartan_objects", "revision", "ALTER TABLE tartan_objects ADD COLUMN revision "
+     "INTEGER NOT NULL DEFAULT 0"),
+    ("tartan_object_state", "compacted", "ALTER TABLE tartan_object_state ADD COLUMN compacted "
+     "INTEGER NOT NULL DEFAULT 0; UPDATE tartan_object_state SET compacted = revision"),
+)
+INDEXES = """
+CREATE INDEX IF NOT EXISTS tartan_objects_by_revision ON tartan_objects (revision);
+CREATE INDEX IF NOT EXISTS tartan_tombstones_by_revision ON tartan_object_tombstones (revision);
 """
 T = TypeVar("T")
 
@@ -134,6 +163,8 @@ class SqliteLeaseStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             conn.executescript(SCHEMA)
+            _migrate(conn)
+            conn.executescript(INDEXES)
         except BaseException:
             conn.close()
             raise
@@ -212,8 +243,11 @@ class SqliteLeaseStore:
     def put_object(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         text = encode_object(kind, key, value)
         with self._write() as db:
-            db.execute("INSERT OR REPLACE INTO tartan_objects VALUES (?, ?, ?)", (kind, key, text))
-            _bump_objects(db)
+            revision = _bump_objects(db)
+            db.execute("INSERT OR REPLACE INTO tartan_objects (kind, key, value, revision) "
+                       "VALUES (?, ?, ?, ?)", (kind, key, text, revision))
+            db.execute("DELETE FROM tartan_object_tombstones WHERE kind = ? AND key = ?",
+                       (kind, key))
 
     @_translated
     def delete_object(self, kind: str, key: str) -> bool:
@@ -222,7 +256,10 @@ class SqliteLeaseStore:
             deleted = db.execute("DELETE FROM tartan_objects WHERE kind = ? AND key = ?",
                                  (kind, key)).rowcount
             if deleted:
-                _bump_objects(db)
+                revision = _bump_objects(db)
+                db.execute("INSERT OR REPLACE INTO tartan_object_tombstones VALUES (?, ?, ?)",
+                           (kind, key, revision))
+                _compact(db, revision - TOMBSTONE_REVISIONS)
         return bool(deleted)
 
     @_translated
@@ -232,8 +269,23 @@ class SqliteLeaseStore:
             rows = db.execute("SELECT kind, key, value FROM tartan_objects").fetchall()
         return objects_by_kind(rows, str(self.path)), revision
 
+    @_translated
+    def object_changes(self, since: int) -> ObjectChanges | None:
+        with self._read() as db:
+            revision, compacted = db.execute(
+                "SELECT revision, compacted FROM tartan_object_state").fetchone()
+            if not compacted <= since <= revision:
+                return None
+            rows = db.execute("SELECT kind, key, value FROM tartan_objects WHERE revision > ?",
+                              (since,)).fetchall()
+            gone = db.execute("SELECT kind, key FROM tartan_object_tombstones "
+                              "WHERE revision > ?", (since,)).fetchall()
+        return ObjectChanges(revision, objects_by_kind(rows, str(self.path)),
+                             deleted_by_kind(gone))
+
     def wait_objects(self, revision: int, timeout: float) -> int:
-        return poll_wait(revision, timeout, self._object_revision)
+        return poll_wait(revision, timeout, self._object_revision,
+                         interval=OBJECT_POLL_INTERVAL)
 
     # -- transactions -----------------------------------------------------------------
 
@@ -294,8 +346,35 @@ def _bump(db: sqlite3.Connection) -> int:
     return revision
 
 
-def _bump_objects(db: sqlite3.Connection) -> None:
-    db.execute("UPDATE tartan_object_state SET revision = revision + 1")
+def _bump_objects(db: sqlite3.Connection) -> int:
+    (revision,) = db.execute("UPDATE tartan_object_state SET revision = revision + 1 "
+                             "RETURNING revision").fetchone()
+    return revision
+
+
+def _compact(db: sqlite3.Connection, below: int) -> None:
+    """Forget deletions older than `below`: asking for changes since before then lists all."""
+    if db.execute("DELETE FROM tartan_object_tombstones WHERE revision <= ?", (below,)).rowcount:
+        db.execute("UPDATE tartan_object_state SET compacted = MAX(compacted, ?)", (below,))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add what an older file lacks (under the write lock: two agents may open it at once)."""
+    def missing() -> list[str]:
+        return [statements for table, column, statements in MIGRATIONS
+                if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}]
+
+    if not missing():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statements in missing():
+            for statement in statements.split("; "):
+                conn.execute(statement)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _lease(row: tuple[str, str, float, int]) -> Lease | None:

@@ -21,6 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,29 @@ def objects_by_kind(rows: Iterable[tuple[str, str, str | bytes]],
     return found
 
 
+def deleted_by_kind(rows: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    """(kind, key) rows of deleted objects as kind -> keys, every kind present."""
+    found: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    for kind, key in rows:
+        if kind in found:
+            found[kind].add(key)
+    return found
+
+
+@dataclass(frozen=True)
+class ObjectChanges:
+    """What changed after a revision: objects written (their value now) and objects deleted
+    (and not written again since), by kind; `revision` is the revision they bring one to."""
+
+    revision: int
+    changed: dict[str, Objects]
+    deleted: dict[str, set[str]]
+
+    def __len__(self) -> int:
+        return (sum(len(keys) for keys in self.changed.values())
+                + sum(len(keys) for keys in self.deleted.values()))
+
+
 def _decoded(kind: str, key: str, text: str | bytes) -> dict[str, Any] | None:
     try:
         check_key(kind, key)
@@ -102,6 +126,11 @@ class ObjectStore(Protocol):
     def list_objects(self) -> tuple[dict[str, Objects], int]:
         """Every object of every kind (kind -> key -> object), read at one revision, and that
         revision for `wait_objects`. Every kind is in the result, empty or not."""
+
+    def object_changes(self, since: int) -> ObjectChanges | None:
+        """What changed after `since` (a revision this store reported), read at one revision;
+        None when the store can no longer tell (deletions that old are forgotten, or `since`
+        is not one of its revisions): the caller lists everything again."""
 
     def wait_objects(self, revision: int, timeout: float) -> int:
         """Block until objects may have changed after `revision` or `timeout` seconds pass;

@@ -293,3 +293,75 @@ def test_an_object_write_does_not_wake_the_lease_wait(kit: StoreKit):
         assert store.list_leases() == (leases, revision)
     else:
         assert store.list_leases()[0] == leases
+
+
+# -- changes since a revision --------------------------------------------------------------
+
+
+def changed(changes) -> dict[str, dict]:
+    return {kind: objs for kind, objs in changes.changed.items() if objs}
+
+
+def deleted(changes) -> dict[str, set]:
+    return {kind: keys for kind, keys in changes.deleted.items() if keys}
+
+
+def test_object_changes_tell_what_was_written_and_deleted_since(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    (pod_key, pod), (ns_key, ns) = SAMPLES[PODS], SAMPLES[NAMESPACES]
+    store.put_object(PODS, pod_key, pod)
+    store.put_object(NAMESPACES, ns_key, ns)
+    _, start = other.list_objects()
+    nothing = other.object_changes(start)
+    assert nothing is not None and len(nothing) == 0 and nothing.revision == start
+    relabelled = {**pod, "metadata": {**pod["metadata"], "labels": {"app": "db"}}}
+    store.put_object(PODS, pod_key, relabelled)
+    store.delete_object(NAMESPACES, ns_key)
+    store.put_object(POD_IPS, "prod/web-2", {"ips": ["10.244.1.6"]})
+    store.delete_object(POD_IPS, "prod/web-2")  # made and gone since: a deletion only
+    changes = other.object_changes(start)
+    assert changes is not None
+    assert changed(changes) == {PODS: {pod_key: relabelled}}
+    assert deleted(changes) == {NAMESPACES: {ns_key}, POD_IPS: {"prod/web-2"}}
+    assert set(changes.changed) == set(changes.deleted) == set(KINDS)
+    assert changes.revision == other.list_objects()[1]
+    again = other.object_changes(changes.revision)
+    assert again is not None and len(again) == 0
+
+
+def test_an_object_deleted_then_written_again_is_a_change_only(kit: StoreKit):
+    store = kit.open()
+    key, value = SAMPLES[NETWORK_POLICIES]
+    store.put_object(NETWORK_POLICIES, key, value)
+    _, start = store.list_objects()
+    store.delete_object(NETWORK_POLICIES, key)
+    store.put_object(NETWORK_POLICIES, key, value)
+    changes = store.object_changes(start)
+    assert changes is not None
+    assert changed(changes) == {NETWORK_POLICIES: {key: value}} and deleted(changes) == {}
+
+
+def test_changes_applied_to_a_listing_give_the_next_listing(kit: StoreKit):
+    """What a cache that lists once and then follows `object_changes` relies on."""
+    store = kit.open()
+    for index in range(6):
+        store.put_object(PODS, f"prod/p{index}", {"n": index})
+    cache, revision = store.list_objects()
+    for index in range(0, 6, 2):
+        store.delete_object(PODS, f"prod/p{index}")
+    store.put_object(PODS, "prod/p1", {"n": 100})
+    store.put_object(PODS, "prod/p9", {"n": 9})
+    changes = store.object_changes(revision)
+    assert changes is not None
+    for kind in KINDS:
+        cache[kind].update(changes.changed[kind])
+        for key in changes.deleted[kind]:
+            cache[kind].pop(key, None)
+    assert cache == store.list_objects()[0]
+
+
+def test_a_revision_the_store_never_had_lists_again(kit: StoreKit):
+    store = kit.open()
+    _, revision = store.list_objects()
+    assert store.object_changes(revision + 1000) is None
+    assert store.object_changes(-1) is None

@@ -156,3 +156,44 @@ def test_a_wait_objects_in_progress_fails_when_etcd_goes_down(etcd_factory):
     finally:
         store.close()
 
+
+
+def test_a_delete_leaves_a_tombstone_that_a_write_takes_away(store: EtcdLeaseStore,
+                                                             prefix: str, raw):
+    store.put_object(PODS, "prod/web-1", POD)
+    _, start = store.list_objects()
+    assert store.delete_object(PODS, "prod/web-1") is True
+    assert raw.get(f"{prefix}/tartan/~deleted/pods/prod/web-1")[0] == b""
+    assert store.list_objects()[0] == {kind: {} for kind in KINDS}  # not an object
+    assert store.object_changes(start).deleted[PODS] == {"prod/web-1"}
+    store.put_object(PODS, "prod/web-1", POD)
+    assert raw.get(f"{prefix}/tartan/~deleted/pods/prod/web-1") == (None, None)
+
+
+def test_listings_and_changes_come_in_pages(store: EtcdLeaseStore, monkeypatch):
+    from tartan.ipam import lease_etcd
+
+    monkeypatch.setattr(lease_etcd, "PAGE", 3)
+    _, start = store.list_objects()
+    for index in range(10):
+        store.put_object(PODS, f"prod/p{index:02d}", {"n": index})
+    objects, _ = store.list_objects()
+    assert list(objects[PODS]) == [f"prod/p{index:02d}" for index in range(10)]
+    for index in range(0, 10, 3):
+        store.delete_object(PODS, f"prod/p{index:02d}")
+    changes = store.object_changes(start)
+    assert sorted(changes.changed[PODS]) == [f"prod/p{i:02d}" for i in range(10) if i % 3]
+    assert changes.deleted[PODS] == {f"prod/p{i:02d}" for i in range(0, 10, 3)}
+
+
+def test_pruned_tombstones_make_older_changes_list_again(store: EtcdLeaseStore, prefix: str,
+                                                         raw):
+    store.put_object(PODS, "prod/web-1", POD)
+    _, start = store.list_objects()
+    store.delete_object(PODS, "prod/web-1")
+    _, now = store.list_objects()
+    with store._session() as client:
+        store._prune_tombstones(client, now)
+    assert raw.get(f"{prefix}/tartan/~deleted/pods/prod/web-1") == (None, None)
+    assert store.object_changes(start) is None
+    assert store.object_changes(now) is not None

@@ -107,7 +107,49 @@ def test_a_writer_holding_the_lock_too_long_makes_writes_unavailable(tmp_path: P
 def test_rows_not_written_by_tartan_are_skipped(store: SqliteLeaseStore):
     store.put_object(PODS, "prod/web-1", POD)
     with store._conn:
-        store._conn.executemany("INSERT INTO tartan_objects VALUES (?, ?, ?)", [
+        store._conn.executemany("INSERT INTO tartan_objects (kind, key, value) "
+                                "VALUES (?, ?, ?)", [
             ("services", "prod/web", "{}"), ("pods", "no-namespace", "{}"),
             ("pods", "prod/not-json", "{nope"), ("pods", "prod/a-list", "[1, 2]")])
     assert store.list_objects()[0][PODS] == {"prod/web-1": POD}
+
+
+def test_an_older_file_cannot_tell_changes_from_before_it_was_opened(tmp_path: Path):
+    path = tmp_path / "leases.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(OLD_SCHEMA + """
+            CREATE TABLE tartan_object_state (id INTEGER PRIMARY KEY, revision INTEGER NOT NULL);
+            INSERT INTO tartan_object_state VALUES (1, 5);
+            CREATE TABLE tartan_objects (kind TEXT NOT NULL, key TEXT NOT NULL,
+                                         value TEXT NOT NULL, PRIMARY KEY (kind, key));
+            INSERT INTO tartan_objects VALUES ('pods', 'prod/web-1', '{"kind":"Pod"}');""")
+    old.close()
+    first, second = (SqliteLeaseStore(path, clock=FakeClock()) for _ in range(2))
+    try:
+        assert first.list_objects() == ({kind: {} for kind in KINDS} | {PODS: {
+            "prod/web-1": {"kind": "Pod"}}}, 5)
+        assert first.object_changes(4) is None  # from before the columns: unknown
+        assert first.object_changes(5) is not None and len(first.object_changes(5)) == 0
+        second.put_object(PODS, "prod/web-2", POD)
+        assert first.object_changes(5).changed[PODS] == {"prod/web-2": POD}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_old_deletions_are_forgotten_and_then_changes_list_again(
+        store: SqliteLeaseStore, monkeypatch: pytest.MonkeyPatch):
+    from tartan.ipam import lease_sqlite
+
+    monkeypatch.setattr(lease_sqlite, "TOMBSTONE_REVISIONS", 3)
+    _, start = store.list_objects()
+    for index in range(4):
+        store.put_object(PODS, f"prod/p{index}", POD)
+    for index in range(4):
+        store.delete_object(PODS, f"prod/p{index}")
+    tombstones = store._conn.execute("SELECT key FROM tartan_object_tombstones").fetchall()
+    assert sorted(tombstones) == [("prod/p1",), ("prod/p2",), ("prod/p3",)]
+    assert store.object_changes(start) is None
+    _, now = store.list_objects()
+    recent = store.object_changes(now - 3)
+    assert recent is not None and recent.deleted[PODS] == {"prod/p1", "prod/p2", "prod/p3"}
