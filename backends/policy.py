@@ -71,5 +71,5 @@ class PolicyHost:
             return {"synced": False, "error": self.enforcer.failure or None}
         return {"synced": True, "revision": last.revision, "pods": last.pods,
                 "policies": last.policies, "invalidObjects": last.problems,
-                "lastSyncMs": round(last.seconds * 1000, 1),
+                "lastSyncMs": round(last.seconds * 1000, 1), "lastSyncFull": last.full,
                 "error": self.enforcer.failure or None}

@@ -98,6 +98,11 @@ def _network(text: str, family: int) -> ipaddress.IPv4Network | ipaddress.IPv6Ne
 
 
 def _address(text: str, family: int) -> str:
+    if "/" not in text:  # the common case, without a network's parse
+        address = ipaddress.ip_address(text)
+        if address.version != family:
+            raise ValueError(f"an IPv{address.version} address in an IPv{family} set")
+        return str(address)
     net = _network(text, family)
     if net.prefixlen != net.max_prefixlen:
         raise ValueError("a hash:ip member is one address (use hash:net for networks)")
@@ -169,6 +174,11 @@ class LiveSet:
     type: str
     family: str = ""
     entries: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, want: IpSet) -> LiveSet:
+        """The set as it stands once `want` was applied."""
+        return cls(want.name, want.type, FAMILIES[want.family], want.entries())
 
     def add(self, text: str, comment: str) -> None:
         family = _FAMILY_NUMBERS.get(self.family)
@@ -283,11 +293,12 @@ class Ipsets:
         except ValueError as exc:
             raise errors.IpsetFailure(f"cannot parse ipset list -t output: {exc}") from None
 
-    def apply(self, wanted: Iterable[IpSet]) -> int:
+    def apply(self, wanted: Iterable[IpSet], live: dict[str, LiveSet] | None = None) -> int:
         """Make the sets in `wanted` hold their members with at most one restore; the number
-        of sets created, refilled or remade (0: the kernel matched). Others stay: see prune."""
+        of sets created, refilled or remade (0: the kernel matched). Others stay: see prune.
+        `live`: the owned sets as the caller knows them to be (not read again)."""
         sets = self._check(wanted)
-        live = self.read()
+        live = self.read() if live is None else live
         changed = [want for want in sets if not in_place(want, live.get(want.name))]
         self._refuse_retyped_in_use(changed, live)
         if changed:
@@ -346,14 +357,24 @@ class Ipsets:
             raise restore_error(lines, proc.stderr)
 
 
-def apply_with_rules(ipsets: Ipsets, sets: Iterable[IpSet],
-                     apply_rules: Callable[[], int]) -> int:
+def apply_with_rules(ipsets: Ipsets, sets: Iterable[IpSet], apply_rules: Callable[[], int],
+                     applied: Iterable[IpSet] | None = None) -> int:
     """Sets, then the rules that match them, then the sets no rule needs any more (the order
     kube-router keeps). `sets` is everything the caller owns under the applier's prefix: the
-    rest is pruned. The number of changes of the three steps; a failing step stops the rest."""
+    rest is pruned. The number of changes of the three steps; a failing step stops the rest.
+
+    `applied`: the sets the caller's last apply made, when it knows the kernel still holds
+    them; then nothing is read, only what differs from them is restored, and pruning (which
+    reads who uses what) runs only when a set went away."""
     wanted = list(sets)
-    changed = ipsets.apply(wanted) + int(apply_rules())
-    return changed + ipsets.prune(want.name for want in wanted)
+    if applied is None:
+        changed = ipsets.apply(wanted) + int(apply_rules())
+        return changed + ipsets.prune(want.name for want in wanted)
+    known = {want.name: LiveSet.of(want) for want in applied}
+    changed = ipsets.apply(wanted, live=known) + int(apply_rules())
+    if known.keys() - {want.name for want in wanted}:
+        changed += ipsets.prune(want.name for want in wanted)
+    return changed
 
 
 def restore_error(payload: list[str], stderr: str) -> errors.IpsetFailure:

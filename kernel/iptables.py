@@ -32,7 +32,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -76,10 +76,15 @@ def check_chain(name: str) -> str:
 
 
 def _check_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    if all(isinstance(arg, str) for arg in args) and not _NOT_ONE_LINE.search("".join(args)):
+        return args  # the common case, checked at once (a compile checks thousands)
     for arg in args:
-        if not isinstance(arg, str) or any(c in arg for c in "\n\r\0"):
+        if not isinstance(arg, str) or _NOT_ONE_LINE.search(arg):
             raise InvalidName(f"invalid iptables argument {arg!r}: must be a one-line string")
     return args
+
+
+_NOT_ONE_LINE = re.compile("[\n\r\0]")
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,15 @@ class LiveTable:
         return [rule for rule in self.rules() if rule.target == chain]
 
 
+def applied_live(state: Table) -> LiveTable:
+    """What a reading of the table would show of `state` once it was applied: its chains
+    with their rules, its shared rules in their chains (other owners' rules not known)."""
+    live = LiveTable(state.name, {chain.name: list(chain.rules) for chain in state.chains})
+    for rule in state.rules:
+        live.chains.setdefault(rule.chain, []).append(rule.args)
+    return live
+
+
 def rule_line(op: str, chain: str, args: Iterable[str]) -> str:
     return " ".join([op, chain, *map(quote, args)])
 
@@ -189,11 +203,15 @@ class RuleCounters(NamedTuple):
 _COUNTED = re.compile(r"\[(\d+):(\d+)\] (-A .*)")
 
 
-def parse_counters(text: str, table: str, prefix: str | tuple[str, ...] = ""
-                   ) -> dict[str, list[RuleCounters]]:
+def parse_counters(text: str, table: str, prefix: str | tuple[str, ...] = "",
+                   chains: Collection[str] | None = None) -> dict[str, list[RuleCounters]]:
     """Parse `iptables-save -c` output (`[packets:bytes] -A CHAIN args`, the form of both
-    nft and legacy): every chain of `table` whose name starts with `prefix`, with its rules'
-    counters in order (a chain without rules maps to [])."""
+    nft and legacy): every chain of `table` whose name starts with `prefix` (and is one of
+    `chains`, when given), with its rules' counters in order (a chain without rules maps
+    to [])."""
+    def wanted(name: str) -> bool:
+        return name.startswith(prefix) and (chains is None or name in chains)
+
     out: dict[str, list[RuleCounters]] = {}
     current = None
     for line in text.splitlines():
@@ -202,16 +220,32 @@ def parse_counters(text: str, table: str, prefix: str | tuple[str, ...] = ""
         elif current != table:
             continue
         elif line.startswith(":"):
-            if (name := line[1:].split()[0]).startswith(prefix):
+            if wanted(name := line[1:].split()[0]):
                 out.setdefault(name, [])
         elif found := _COUNTED.fullmatch(line.rstrip()):
+            if not wanted(found[3].split(" ", 2)[1]):
+                continue  # split only the rules asked for: a table may hold thousands
             _, chain, *args = split_args(found[3])
-            if chain.startswith(prefix):
-                out.setdefault(chain, []).append(
-                    RuleCounters(int(found[1]), int(found[2]), tuple(args)))
+            out.setdefault(chain, []).append(
+                RuleCounters(int(found[1]), int(found[2]), tuple(args)))
         elif line.startswith("-A "):
             raise ValueError(f"a rule without counters: {line!r}")
     return out
+
+
+# how `iptables -S CHAIN` says there is no such chain (iptables-nft 1.8.9: "incompatible")
+_NO_CHAIN = ("No chain", "does not exist", "is incompatible")
+
+
+def _listed_counters(line: str) -> RuleCounters:
+    """A rule as `iptables -S CHAIN -v` lists it: save's form with `-c PACKETS BYTES` put
+    before the target."""
+    _, _, *args = split_args(line)
+    for index in range(len(args) - 2):
+        if args[index] == "-c" and args[index + 1].isdigit() and args[index + 2].isdigit():
+            return RuleCounters(int(args[index + 1]), int(args[index + 2]),
+                                tuple(args[:index] + args[index + 3:]))
+    raise ValueError(f"a rule without counters: {line!r}")
 
 
 def plan(state: Table, live: LiveTable) -> list[str]:
@@ -234,8 +268,13 @@ def plan(state: Table, live: LiveTable) -> list[str]:
 
 def _deletions(state: Table, live: LiveTable, doomed: set[str], rewritten: set[str]) -> list[str]:
     """Jumps to doomed chains, rules to delete, and extra copies of shared rules."""
-    counts = Counter(live.rules())  # in live order, so the payload is deterministic
     dropped = set(map(_unplaced, state.delete_rules))
+    # without chains or rules to delete, only extra copies of shared rules go, and they are
+    # in the shared rules' chains: the others (maybe thousands of rules) need no count
+    counted = None if doomed or dropped else {rule.chain for rule in state.rules}
+    counts = Counter(Rule(chain, args)  # in live order: a deterministic payload
+                     for chain, rules in live.chains.items()
+                     if counted is None or chain in counted for args in rules)
     extra = {r: n for r, n in counts.items() if r.target in doomed or r in dropped}
     extra.update({r: counts[r] - 1 for r in map(_unplaced, state.rules) if counts[r] > 1})
     return [rule_line("-D", r.chain, r.args)
@@ -268,6 +307,7 @@ class Iptables:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.family, self.backend, self.runner, self.verify = family, backend, runner, verify
+        self.cmd = f"{FAMILIES[family]}-{backend}"
         self.save_cmd = f"{FAMILIES[family]}-{backend}-save"
         self.restore_cmd = f"{FAMILIES[family]}-{backend}-restore"
 
@@ -282,19 +322,40 @@ class Iptables:
         except ValueError as exc:
             raise errors.IptablesFailure(f"cannot parse {self.save_cmd} output: {exc}") from None
 
-    def counters(self, table: str, prefix: str | tuple[str, ...] = ""
-                 ) -> dict[str, list[RuleCounters]]:
-        """The rule counters of `table`'s chains whose names start with `prefix` (chain ->
-        rules in order), read with one `iptables-save -c`."""
+    def counters(self, table: str, prefix: str | tuple[str, ...] = "",
+                 chains: Collection[str] | None = None) -> dict[str, list[RuleCounters]]:
+        """The rule counters of `table`'s chains whose names start with `prefix` (and are
+        among `chains`, if given): chain -> rules in order, read with one `iptables-save -c`."""
         proc = self.runner([self.save_cmd, "-c", "-t", check_table(table)], None)
         if proc.returncode != 0:
             raise errors.IptablesFailure(
                 f"{self.save_cmd} -c -t {table} failed: {first_line(proc.stderr)}", proc.stderr)
         try:
-            return parse_counters(proc.stdout, table, prefix)
+            return parse_counters(proc.stdout, table, prefix, chains)
         except ValueError as exc:
             raise errors.IptablesFailure(f"cannot parse {self.save_cmd} -c output: {exc}") \
                 from None
+
+    def chain_counters(self, table: str, chains: Iterable[str]) -> dict[str, list[RuleCounters]]:
+        """As `counters`, for a few named chains, one `iptables -S CHAIN -v` each (a table of
+        thousands of rules is not dumped for them); a chain that is not there is left out."""
+        out: dict[str, list[RuleCounters]] = {}
+        for chain in chains:
+            proc = self.runner([self.cmd, "-w", "-t", check_table(table), "-S",
+                                check_chain(chain), "-v"], None)
+            if proc.returncode != 0:
+                if any(text in proc.stderr for text in _NO_CHAIN):
+                    continue
+                raise errors.IptablesFailure(
+                    f"{self.cmd} -t {table} -S {chain} -v failed: {first_line(proc.stderr)}",
+                    proc.stderr)
+            try:
+                out[chain] = [_listed_counters(line) for line in proc.stdout.splitlines()
+                              if line.startswith("-A ")]
+            except ValueError as exc:
+                raise errors.IptablesFailure(f"cannot parse {self.cmd} -S -v output: {exc}") \
+                    from None
+        return out
 
     def pending(self, state: Table, live: LiveTable | None = None) -> list[str]:
         """What `apply` would send (without `*table`/`COMMIT`); empty when in place."""

@@ -45,26 +45,25 @@ def split_args(line: str) -> list[str]:
     quote ends the argument. Outside quotes a backslash is an ordinary character.
     """
     out: list[str] = []
-    buf: list[str] = []
-    started = quoted = escaped = False
-    for ch in line:
-        if escaped or (quoted and ch not in '\\"'):
-            buf.append(ch)
-            escaped = False
-        elif quoted and ch == "\\":
-            escaped = True
-        elif ch == '"' and not quoted:
-            quoted = started = True
-        elif ch == '"' or ch in " \t":  # a closing quote or a blank ends an argument
-            if started:
-                out.append("".join(buf))
-            buf, started, quoted = [], False, False
-        else:
-            buf.append(ch)
-            started = True
-    if quoted:
-        raise ValueError(f"unterminated quote in {line!r}")
-    return [*out, "".join(buf)] if started else out
+    current: str | None = None  # the argument being read, if one began
+    for piece in _PIECE.finditer(line):
+        inside, closed, plain = piece.groups()
+        if plain is not None:
+            current = (current or "") + plain
+        elif inside is not None:
+            if not closed:
+                raise ValueError(f"unterminated quote in {line!r}")
+            out.append((current or "") + _ESCAPED.sub(r"\1", inside))
+            current = None
+        elif current is not None:  # blanks end an argument
+            out.append(current)
+            current = None
+    return out if current is None else [*out, current]
+
+
+# a quoted part (to its closing quote, if any), a run of plain characters, or blanks
+_PIECE = re.compile(r'"((?:[^"\\]|\\.)*)("?)|([^ \t"]+)|[ \t]+', re.DOTALL)
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
 
 
 def quote(arg: str) -> str:

@@ -9,9 +9,10 @@ Layout, for the pods of this node that a policy isolates:
     INPUT   -> TARTAN-NP-IN    a pod's traffic to this node: its egress
     OUTPUT  -> TARTAN-NP-OUT   the node's traffic to a pod (also after a Service DNAT here)
 
-    TARTAN-NP-FWD: replies of allowed connections RETURN; then `-s <pod> -j <its egress
-                   chain>` for every egress-isolated pod, `-d <pod> -j <its ingress chain>`
-                   for every ingress-isolated pod
+    TARTAN-NP-FWD: replies of allowed connections RETURN, and packets whose source is not
+                   egress-isolated and destination not ingress-isolated here (two sets); then
+                   `-s <pod> -j <its egress chain>` for every egress-isolated pod, `-d <pod>
+                   -j <its ingress chain>` for every ingress-isolated pod
     TARTAN-NPE-<h> / TARTAN-NPI-<h>: one RETURN per (policy rule, peer, port) that allows
                    the packet, then the pod's final drop (NFLOG first when logging)
 
@@ -39,6 +40,7 @@ from tartan.netpol.model import (
     IPBlock,
     IPNetwork,
     LabelSelector,
+    Namespace,
     NetworkPolicy,
     Peer,
     Pod,
@@ -83,10 +85,22 @@ class Compiled:
         return {s.name for s in self.sets}
 
 
+@dataclass
+class Reuse:
+    """What a compile may take from the one before: the sets whose members it found in the
+    cluster's pods and namespaces, good while those are the very same tuples (the source
+    keeps them when only policies changed)."""
+
+    pods: tuple[Pod, ...] | None = None
+    namespaces: tuple[Namespace, ...] | None = None
+    sets: dict[str, IpSet] = field(default_factory=dict)
+
+
 def compile_node(cluster: Cluster, node: str, node_addresses: Iterable[str],
-                 options: Options = Options()) -> Compiled:
-    """Everything node `node` enforces for its own pods."""
-    return _Compiler(cluster, node, node_addresses, options).run()
+                 options: Options = Options(), reuse: Reuse | None = None) -> Compiled:
+    """Everything node `node` enforces for its own pods. `reuse` (kept by the caller from
+    compile to compile) saves finding the members of sets again."""
+    return _Compiler(cluster, node, node_addresses, options, reuse).run()
 
 
 def digest(text: str, length: int = 16) -> str:
@@ -104,8 +118,13 @@ def comment(text: str) -> tuple[str, ...]:
 
 class _Compiler:
     def __init__(self, cluster: Cluster, node: str, node_addresses: Iterable[str],
-                 options: Options) -> None:
+                 options: Options, reuse: Reuse | None = None) -> None:
         self.cluster, self.node, self.options = cluster, node, options
+        self.reuse = reuse
+        same = (reuse is not None and reuse.pods is cluster.pods
+                and reuse.namespaces is cluster.namespaces)
+        self.reusable: dict[str, IpSet] = reuse.sets if same and reuse is not None else {}
+        self.found: dict[str, IpSet] = {}  # sets whose members came from the cluster
         self.family = options.family
         self.node_addresses = sorted(
             a for a in node_addresses if ipaddress.ip_address(a).version == self.family)
@@ -118,20 +137,37 @@ class _Compiler:
         node_set = self._set("N", "node", "hash:ip", self.node_addresses,
                              f"addresses of node {self.node}")
         # the path's order: the source pod's egress first, then the destination's ingress
-        egress = self._jumps(Direction.EGRESS, "-s", node_set)
-        ingress = self._jumps(Direction.INGRESS, "-d", node_set)
-        hook_rules = {"FORWARD": _replies() + egress + ingress, "INPUT": _replies() + egress,
-                      "OUTPUT": _replies() + ingress}
+        egress, senders = self._jumps(Direction.EGRESS, "-s", node_set)
+        ingress, receivers = self._jumps(Direction.INGRESS, "-d", node_set)
+        # a packet between pods no policy isolates leaves at once, not after every jump
+        out_set = self._set("O", "isolated egress", "hash:ip", senders,
+                            f"pods of node {self.node} isolated for egress")
+        in_set = self._set("I", "isolated ingress", "hash:ip", receivers,
+                           f"pods of node {self.node} isolated for ingress")
+        neither = comment("neither end isolated here")
+        not_out = ("-m", "set", "!", "--match-set", out_set, "src")
+        not_in = ("-m", "set", "!", "--match-set", in_set, "dst")
+        hook_rules = {
+            "FORWARD": [*_replies(), (*not_out, *not_in, *neither, "-j", "RETURN"),
+                        *egress, *ingress],
+            "INPUT": [*_replies(), (*not_out, *neither, "-j", "RETURN"), *egress],
+            "OUTPUT": [*_replies(), (*not_in, *neither, "-j", "RETURN"), *ingress]}
         for hook, chain in HOOKS.items():
             self.out.chains.append(Chain(chain, tuple(hook_rules[hook])))
             self.out.hooks.append(Rule(hook, (*comment(HOOK_COMMENT), "-j", chain),
                                        insert=True))
         self.out.sets = [self.sets[name] for name in sorted(self.sets)]
+        if self.reuse is not None:
+            self.reuse.pods, self.reuse.namespaces = self.cluster.pods, self.cluster.namespaces
+            self.reuse.sets = self.found
         return self.out
 
-    def _jumps(self, direction: Direction, flag: str, node_set: str) -> list[tuple[str, ...]]:
-        """The pod chains of one direction, and a jump to each from its pod's addresses."""
+    def _jumps(self, direction: Direction, flag: str, node_set: str
+               ) -> tuple[list[tuple[str, ...]], list[str]]:
+        """The pod chains of one direction; a jump to each from its pod's addresses, and
+        those addresses."""
         jumps: list[tuple[str, ...]] = []
+        addresses: list[str] = []
         for pod in self._local_pods():
             policies = self._isolating(pod, direction)
             if not policies:
@@ -141,15 +177,15 @@ class _Compiler:
                 pod, direction, policies, node_set))))
             self.out.isolated[chain] = tuple(p.key for p in policies)
             jumps += [(flag, f"{ip}/{ip.max_prefixlen}", "-j", chain) for ip in self._ips(pod)]
-        return jumps
+            addresses += [str(ip) for ip in self._ips(pod)]
+        return jumps, addresses
 
     def _local_pods(self) -> list[Pod]:
-        return sorted((p for p in self.cluster.pods
-                       if p.node == self.node and not p.host_network and self._ips(p)),
-                      key=lambda p: p.key)
+        return sorted((p for p in self.cluster.pods_on(self.node)
+                       if not p.host_network and self._ips(p)), key=lambda p: p.key)
 
     def _isolating(self, pod: Pod, direction: Direction) -> list[NetworkPolicy]:
-        return sorted((p for p in self.cluster.policies
+        return sorted((p for p in self.cluster.policies_in(pod.namespace)
                        if p.isolates(direction) and p.selects(pod)), key=lambda p: p.key)
 
     def _ips(self, pod: Pod) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -279,10 +315,17 @@ class _Compiler:
         new set); sets that stand for the same thing are one set, whose members are found
         once (`members` may be a function, called only for a new set)."""
         name = f"{SET_PREFIX}{kind}{digest(f'{self.family} {key}', 16)}"
-        if name not in self.sets:
+        if name in self.sets:
+            return name
+        known = self.reusable.get(name)
+        if callable(members) and known is not None and known.comment == _safe(what):
+            self.sets[name] = known
+        else:
             found = members() if callable(members) else members
             self.sets[name] = IpSet(name, set_type, frozenset(found),
                                     comment=_safe(what), family=self.family)
+        if callable(members):
+            self.found[name] = self.sets[name]
         return name
 
 

@@ -18,7 +18,7 @@ sets the baseline: what the chains held then was counted by the previous agent, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from tartan.kernel.iptables import RuleCounters
@@ -76,8 +76,13 @@ class DeniedTotals:
         self.totals: dict[Key, Denied] = {}
         self._last: dict[str, _Reading] | None = None  # None: no reading yet
 
+    @property
+    def has_baseline(self) -> bool:
+        return self._last is not None
+
     def add(self, counters: Mapping[str, Sequence[RuleCounters]],
-            isolated: Mapping[str, Sequence[str]]) -> None:
+            isolated: Mapping[str, Sequence[str]], partial: bool = False) -> None:
+        """`partial`: the reading holds only some chains; the others keep their last one."""
         now = {chain: _reading(rules) for chain, rules in counters.items()
                if direction_of(chain) is not None}
         if self._last is not None:
@@ -90,7 +95,20 @@ class DeniedTotals:
                         key = (policy, direction)
                         totals[key] = totals.get(key, Denied()) + new
             self.totals = totals
-        self._last = now
+        self._last = {**self._last, **now} if partial and self._last is not None else now
+
+    def restored(self, chains: Mapping[str, Sequence[tuple[str, ...]]],
+                 rewritten: Collection[str]) -> None:
+        """After a restore that wrote `rewritten` chains afresh (their counters start at
+        zero) and left the others of `chains` alone (chains not in it are gone): the last
+        reading as a new one would show it, without reading the kernel."""
+        if self._last is None:
+            return
+        last = {chain: reading for chain, reading in self._last.items() if chain in chains}
+        for chain, rules in chains.items():
+            if direction_of(chain) is not None and (chain in rewritten or chain not in last):
+                last[chain] = _Reading(tuple(tuple(rule) for rule in rules), Denied())
+        self._last = last
 
 
 def _reading(rules: Sequence[RuleCounters]) -> _Reading:

@@ -1,9 +1,11 @@
 """The enforcer: keep this node's Tartan chains and sets equal to what the policies say.
 
-Level-triggered, like the agent's routing loop: every sync reads the whole cluster from the
-source, compiles this node's part and applies it (sets, then one iptables-restore, then the
-sets no rule uses any more). A sync runs when the source changes (after a short debounce, so
-a burst of writes is one sync), at least every `interval`, and at start, where it finds the
+Every sync takes the cluster from the source (which follows the store's changes), compiles
+this node's part and applies it (sets, then one iptables-restore, then the sets no rule uses
+any more). A change is synced at once (a burst of writes is coalesced: see `debounce`), and
+applies only what differs from the last applied state, without reading the kernel. Level-
+triggered repair stays: at start, at least every `interval`, and after any failure, a full
+sync reads the kernel's chains and sets and repairs whatever differs. At start it finds the
 chains a previous run left and changes only what differs: nothing is flushed on restart.
 The enforcer never stops the agent: a failing sync is reported once and retried.
 
@@ -17,25 +19,28 @@ reported once and never fails a sync.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tartan.kernel import sysctl
 from tartan.kernel.errors import KernelFailure
 from tartan.kernel.ipset import Ipsets, apply_with_rules
-from tartan.kernel.iptables import Iptables, RuleCounters
-from tartan.netpol.compiler import SET_PREFIX, Compiled, Options, compile_node
+from tartan.kernel.iptables import Iptables, RuleCounters, applied_live
+from tartan.netpol.compiler import SET_PREFIX, Compiled, Options, Reuse, compile_node
 from tartan.netpol.counters import POD_CHAIN_PREFIXES, Denied, DeniedTotals, Key, isolated_pods
 from tartan.netpol.source import PolicySource, Snapshot
 
-Apply = Callable[[Compiled], int]
+Apply = Callable[[Compiled, "Compiled | None"], int]  # (wanted, the last applied or None)
 Report = Callable[[str, dict[str, object]], None]  # event, fields (the agent's logfmt log)
-ReadCounters = Callable[[], Mapping[str, Sequence[RuleCounters]]]  # pod chain -> its rules
+# pod chain -> its rules' counters, of every pod chain or (given) of those chains only
+ReadCounters = Callable[["Collection[str] | None"], Mapping[str, Sequence[RuleCounters]]]
 BRIDGE_SYSCTL = "net.bridge.bridge-nf-call-iptables"
+FEW_CHAINS = 4  # up to this many chains' counters are listed one by one, not with a save
 
 
 @dataclass
@@ -46,6 +51,7 @@ class SyncResult:
     policies: int
     problems: int
     seconds: float
+    full: bool = True  # the kernel was read and repaired (False: only changes applied)
 
 
 @dataclass(frozen=True)
@@ -59,12 +65,22 @@ class Stats:
 
 
 def kernel_apply(family: int = 4) -> Apply:
-    """Apply to this namespace's kernel: sets, one restore of the filter table, prune."""
+    """Apply to this namespace's kernel: sets, one restore of the filter table, prune.
+
+    With `previous` (what the last apply made, still in the kernel as far as the enforcer
+    knows), nothing is read: only the sets and chains that differ from it are restored, so
+    one change costs one or two restores whatever the size of the rest. Without it, the
+    kernel is read and everything that differs from `compiled` is repaired."""
     ipsets, iptables = Ipsets(prefix=SET_PREFIX), Iptables(family)
 
-    def apply(compiled: Compiled) -> int:
+    def apply(compiled: Compiled, previous: Compiled | None = None) -> int:
+        if previous is None:
+            return apply_with_rules(ipsets, compiled.sets,
+                                    lambda: int(iptables.apply_with("filter", compiled.table)))
+        live = applied_live(previous.table())
         return apply_with_rules(ipsets, compiled.sets,
-                                lambda: int(iptables.apply_with("filter", compiled.table)))
+                                lambda: int(iptables.apply(compiled.table(live), live)),
+                                applied=previous.sets)
 
     return apply
 
@@ -72,7 +88,19 @@ def kernel_apply(family: int = 4) -> Apply:
 def kernel_counters(family: int = 4) -> ReadCounters:
     """Read the pod chains' rule counters in this namespace's filter table (the backend is
     found at the first reading, so a host without iptables fails that reading only)."""
-    return lambda: Iptables(family).counters("filter", POD_CHAIN_PREFIXES)
+    def read(chains: Collection[str] | None = None) -> Mapping[str, Sequence[RuleCounters]]:
+        iptables = Iptables(family)
+        if chains is not None and len(chains) <= FEW_CHAINS:
+            return iptables.chain_counters("filter", chains)
+        return iptables.counters("filter", POD_CHAIN_PREFIXES, chains)
+
+    return read
+
+
+def _rewritten(previous: Compiled, compiled: Compiled) -> set[str]:
+    """The chains of `previous` that applying `compiled` on top of it rewrites or deletes."""
+    after = {chain.name: chain.rules for chain in compiled.chains}
+    return {chain.name for chain in previous.chains if after.get(chain.name) != chain.rules}
 
 
 def ensure_bridge_netfilter() -> None:
@@ -101,6 +129,9 @@ class Enforcer:
         self.prepare, self.read_counters, self.clock = prepare, counters, clock
         self.last: SyncResult | None = None
         self.compiled: Compiled | None = None  # the last one applied
+        self._trusted = False  # the kernel holds `compiled`, as far as this enforcer knows
+        self._reuse = Reuse()  # what the next compile may take from the last one
+        self._synced_at = -float("inf")  # when the last sync began (monotonic)
         self.failure = ""
         self.denied = DeniedTotals()
         self.syncs = {"ok": 0, "failed": 0}
@@ -109,28 +140,52 @@ class Enforcer:
         self._counted_at = -float("inf")
         self._counters_failure = ""
 
-    def sync(self) -> SyncResult:
+    def sync(self, full: bool = True) -> SyncResult:
+        """One sync; `full` reads the kernel and repairs whatever differs, otherwise only
+        what changed since the last applied state is restored (when that state is known to
+        be in the kernel: after a failure every sync is full until one succeeds)."""
         try:
-            result = self._sync()
+            result = self._sync(full)
         except Exception:
             self.syncs["failed"] += 1
             raise
         self.syncs["ok"] += 1
         return result
 
-    def _sync(self) -> SyncResult:
+    def _sync(self, full: bool) -> SyncResult:
         started = time.perf_counter()
+        self._synced_at = time.monotonic()
         snapshot = self.source.snapshot()
         self._report_problems(snapshot)
-        compiled = compile_node(snapshot.cluster, self.node, self.addresses(), self.options)
+        compiled = compile_node(snapshot.cluster, self.node, self.addresses(), self.options,
+                                self._reuse)
+        previous = self.compiled if self._trusted and not full else None
         with self._counting:
-            self._count()  # what the chains counted, under the policies they had until now
-            changes = self.apply(compiled)
-            self.compiled = compiled
-            self._count()
+            # what the chains counted under the policies they had until now: all of them,
+            # or after a change only those the restore is about to rewrite or delete
+            rewritten = _rewritten(previous, compiled) if previous is not None else None
+            if rewritten is None or not self.denied.has_baseline:
+                self._count()
+            elif rewritten:
+                self._count(rewritten)
+            self._trusted = False
+            try:
+                changes = self.apply(compiled, previous)
+            except Exception as exc:
+                if previous is None:
+                    raise
+                # the kernel is not as the last apply left it: read it and repair it all
+                self.report("netpol.repairing", {"error": f"{type(exc).__name__}: {exc}"})
+                previous, rewritten = None, None
+                changes = self.apply(compiled, None)
+            self.compiled, self._trusted = compiled, True
+            if rewritten is None or not self.denied.has_baseline:
+                self._count()
+            else:
+                self.denied.restored({c.name: c.rules for c in compiled.chains}, rewritten)
         result = SyncResult(snapshot.revision, changes, len(compiled.isolated),
                             len(snapshot.cluster.policies), len(snapshot.problems),
-                            time.perf_counter() - started)
+                            time.perf_counter() - started, full=previous is None)
         self.last = result
         return result
 
@@ -150,43 +205,49 @@ class Enforcer:
         return Stats(dict(self.denied.totals), isolated_pods(compiled.isolated if compiled else {}),
                      dict(self.syncs), self.last)
 
-    def _count(self) -> None:
-        """One reading of the counters (the caller holds `_counting`); a failure is
-        reported once, while it lasts, and changes nothing."""
+    def _count(self, chains: Collection[str] | None = None) -> None:
+        """One reading of the counters (of `chains` only, if given; the caller holds
+        `_counting`); a failure is reported once, while it lasts, and changes nothing."""
         if self.read_counters is None:
             return
         try:
-            reading = self.read_counters()
+            reading = self.read_counters(chains)
         except Exception as exc:  # counting never stops a sync, nor the agent
             text = f"{type(exc).__name__}: {exc}"
             if text != self._counters_failure:
                 self._counters_failure = text
                 self.report("netpol.counters_unread", {"error": text})
             return
-        self.denied.add(reading, self.compiled.isolated if self.compiled else {})
+        self.denied.add(reading, self.compiled.isolated if self.compiled else {},
+                        partial=chains is not None)
         self._counted_at = self.clock()
         self._counters_failure = ""
 
     def run(self, stop: threading.Event) -> None:
-        """Sync now, then on every change and every interval, until `stop`."""
+        """Sync now (full), then on every change (only what changed) and every interval
+        (full again: the kernel is read and repaired), until `stop`."""
         self._guarded(self.prepare)
-        revision = -1
+        revision, full = -1, True
         while not stop.is_set():
-            result = self._guarded(self.sync)
+            result = self._guarded(functools.partial(self.sync, full))
             if result is not None:
                 revision = result.revision
                 if result.changes:
                     self.report("netpol.synced", {
                         "changes": result.changes, "pods": result.pods,
-                        "policies": result.policies, "ms": round(result.seconds * 1000, 1)})
-            self._wait_for_change(revision, stop)
+                        "policies": result.policies, "full": result.full,
+                        "ms": round(result.seconds * 1000, 1)})
+            full = not self._wait_for_change(revision, stop)
 
-    def _wait_for_change(self, revision: int, stop: threading.Event) -> None:
+    def _wait_for_change(self, revision: int, stop: threading.Event) -> bool:
+        """Until the source moves on from `revision` (True) or the interval ends (False).
+        A change right after a sync waits out the rest of `debounce` since that sync
+        began, so a burst of writes is one or two syncs; a lone change is synced at once."""
         deadline = time.monotonic() + self.interval
         while not stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return False
             try:
                 current = self.source.wait(revision, min(left, 1.0))
             except Exception as exc:  # the store's own errors (StoreUnavailable, ...)
@@ -194,8 +255,9 @@ class Enforcer:
                 stop.wait(min(left, 1.0))
                 continue
             if current != revision:
-                stop.wait(self.debounce)  # let a burst of writes land: one sync for all
-                return
+                stop.wait(max(0.0, self._synced_at + self.debounce - time.monotonic()))
+                return True
+        return False
 
     def _guarded(self, step: Callable[[], SyncResult | None]) -> SyncResult | None:
         try:

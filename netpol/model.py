@@ -227,6 +227,14 @@ class Cluster:
             pods = [p for p in pods if peer.pod_selector.matches(p.labels)]
         return pods
 
+    def pods_on(self, node: str) -> list[Pod]:
+        """The pods the store places on `node` (hostNetwork ones too)."""
+        return self._pods_by_node.get(node, [])
+
+    def policies_in(self, namespace: str) -> list[NetworkPolicy]:
+        """The policies of one namespace (a policy selects only pods of its own)."""
+        return self._policies_by_namespace.get(namespace, [])
+
     # Indexes, made on first use (the cluster is immutable): a compile asks for thousands of
     # peers, and each would otherwise walk every pod and every namespace.
     @functools.cached_property
@@ -239,4 +247,18 @@ class Cluster:
         for pod in self.pods:
             if not pod.host_network:
                 index.setdefault(pod.namespace, []).append(pod)
+        return index
+
+    @functools.cached_property
+    def _policies_by_namespace(self) -> dict[str, list[NetworkPolicy]]:
+        index: dict[str, list[NetworkPolicy]] = {}
+        for policy in self.policies:
+            index.setdefault(policy.namespace, []).append(policy)
+        return index
+
+    @functools.cached_property
+    def _pods_by_node(self) -> dict[str, list[Pod]]:
+        index: dict[str, list[Pod]] = {}
+        for pod in self.pods:
+            index.setdefault(pod.node, []).append(pod)
         return index

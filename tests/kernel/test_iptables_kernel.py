@@ -181,3 +181,18 @@ def test_default_runner_and_host_backend_inside_a_netns(ns):
     assert out["chains"] == [masq.chain_name("net", "cid")]
     assert tartan_lines(ns) == []
     print("setup, no-op setup, teardown (ms):", out["ms"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_chains_counters_listed_alone_equal_the_saves(ns, runner, backend):
+    nasty = 'a "-c 1 2" comment'
+    state = Table("filter", chains=[
+        Chain("TT-C", [("-p", "icmp", "-m", "comment", "--comment", nasty, "-j", "RETURN"),
+                       ("-j", "RETURN")]), Chain("TT-D", [("-j", "RETURN")])],
+        rules=[Rule("OUTPUT", ("-j", "TT-C"))])
+    ipt = applier(runner, backend)(4)
+    ipt.apply(state)
+    ns.run("ping", "-c", "2", "-W", "1", "127.0.0.1")
+    listed = ipt.chain_counters("filter", ["TT-C", "TT-D", "TT-GONE"])
+    assert listed == {name: rules for name, rules in ipt.counters("filter", "TT-").items()}
+    assert listed["TT-C"][0].packets >= 2 and listed["TT-C"][0].args[-3] == nasty

@@ -21,6 +21,7 @@ from tartan.netpol.enforcer import Enforcer, ensure_bridge_netfilter, kernel_app
 from tartan.netpol.model import (
     Cluster,
     ContainerPort,
+    IPBlock,
     Namespace,
     Peer,
     Pod,
@@ -30,7 +31,7 @@ from tartan.netpol.model import (
 )
 
 from harness import eventually
-from netpol_kit import LISTENER, StaticSource, policy, sel
+from netpol_kit import EGRESS, LISTENER, StaticSource, policy, sel
 
 pytestmark = pytest.mark.kernel
 
@@ -67,9 +68,9 @@ def cluster_of(pods, *policies, labels=None) -> Cluster:
 def enforcer_in(net, source) -> Enforcer:
     apply = kernel_apply()
 
-    def in_node(compiled: Compiled) -> int:
+    def in_node(compiled: Compiled, previous: Compiled | None = None) -> int:
         with entered(net.host.path):
-            return apply(compiled)
+            return apply(compiled, previous)
 
     def addresses() -> list[str]:
         with entered(net.host.path):
@@ -110,7 +111,8 @@ def test_a_named_port_is_resolved_on_the_pod_and_protocols_count(node):
     assert ping.returncode != 0  # ICMP is not TCP 80
 
 
-def test_resyncs_under_traffic_never_drop_an_allowed_flow_or_pass_a_denied_one(node):
+@pytest.mark.parametrize("full", [True, False], ids=["full", "changes-only"])
+def test_resyncs_under_traffic_never_drop_an_allowed_flow_or_pass_a_denied_one(node, full):
     net, pods = node
     a, b, c = pods["a"], pods["b"], pods["c"]
     allow_b = policy("from-b", selector=sel(pod="a"),
@@ -134,7 +136,7 @@ def test_resyncs_under_traffic_never_drop_an_allowed_flow_or_pass_a_denied_one(n
             base = cluster_of(pods, allow_b, *extra)
             source.cluster = Cluster(base.namespaces, (*base.pods, ghost), base.policies)
             source.revision += 1
-            changes += enforcer.sync().changes
+            changes += enforcer.sync(full=full).changes
     finally:
         for flow in flows.values():
             flow.send_signal(2)
@@ -169,6 +171,25 @@ def test_other_components_rules_and_sets_survive_and_a_restart_changes_nothing(n
     assert not connects(pods["b"], pods["a"].address)
 
 
+def test_changes_applied_on_the_last_state_leave_what_a_full_sync_would(node):
+    """A run of changes-only syncs (pods in and out of sets, chains made and deleted, sets
+    made and pruned): a full sync after them finds nothing to change."""
+    net, pods = node
+    from_b = policy("from-b", selector=sel(pod="a"),
+                    ingress=(Rule((Peer(pod_selector=sel(pod="b")),)),))
+    to_c = policy("to-c", selector=sel(pod="b"), ingress=(Rule((), (PolicyPort(port=80),)),))
+    steps = [(), (from_b,), (from_b, to_c), (to_c,), (policy("deny"),), ()]
+    source = StaticSource(cluster_of(pods))
+    enforcer = enforcer_in(net, source)
+    enforcer.sync()
+    for index, policies in enumerate(steps):
+        source.cluster, source.revision = cluster_of(pods, *policies), index + 2
+        result = enforcer.sync(full=False)
+        assert not result.full
+        assert enforcer_in(net, source).sync(full=True).changes == 0, policies
+    assert connects(pods["b"], pods["a"].address)
+
+
 def test_the_enforcer_thread_applies_a_change_soon_after_it_is_written(node):
     net, pods = node
     source = StaticSource(cluster_of(pods))
@@ -193,3 +214,60 @@ def test_the_enforcer_thread_applies_a_change_soon_after_it_is_written(node):
     finally:
         stop.set()
         thread.join(30)
+
+
+SERVICE_IP = "10.96.0.10"  # a ClusterIP, DNATed on the node as kube-proxy does
+
+
+def test_policy_holds_after_a_service_dnat_on_the_node(node):
+    """b and c reach a through a Service address that the node DNATs to a; a admits c only,
+    so b is denied after the DNAT as it is without it. The node reaches a through it too."""
+    net, pods = node
+    a, b, c = pods["a"], pods["b"], pods["c"]
+    dnat = ("-d", f"{SERVICE_IP}/32", "-p", "tcp", "--dport", "80", "-m", "comment",
+            "--comment", "kube-proxy", "-j", "DNAT", "--to-destination", f"{a.address}:80")
+    net.host.run("iptables", "-t", "nat", "-A", "PREROUTING", *dnat)
+    net.host.run("iptables", "-t", "nat", "-A", "OUTPUT", *dnat)
+    from_c = policy("from-c", selector=sel(pod="a"),
+                    ingress=(Rule((Peer(pod_selector=sel(pod="c")),)),))
+    for pod in (b, c):  # Services are reached through the pod's gateway, the node
+        subprocess.run(["ip", "netns", "exec", pod.ns.name, "ip", "route", "add",
+                        "10.96.0.0/12", "via", "10.250.0.1"], check=True)
+    net.host.run("ip", "route", "add", "10.96.0.0/12", "dev", "cni0")  # a node's default route
+    assert connects(b, SERVICE_IP), "the Service does not work without policies"
+    enforcer_in(net, StaticSource(cluster_of(pods, from_c))).sync()
+    assert connects(c, SERVICE_IP) and connects(c, a.address)
+    assert not connects(b, SERVICE_IP) and not connects(b, a.address)
+    node_to_a = net.host.run(sys.executable, "-c", f"import socket; socket.create_connection("
+                             f"('{SERVICE_IP}', 80), 1)", check=False)
+    assert node_to_a.returncode == 0, node_to_a.stderr
+
+
+def test_a_pods_traffic_to_its_node_is_egress(node):
+    """Pod to node is hooked in INPUT: an egress-isolated pod reaches the node's address only
+    where an egress rule allows it; a pod not isolated reaches it anyway."""
+    net, pods = node
+    a, b = pods["a"], pods["b"]
+    server = subprocess.Popen(["ip", "netns", "exec", net.host.name, sys.executable, "-c",
+                               LISTENER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        with entered(net.host.path):
+            gateway = next(address for address in node_addresses()
+                           if ipaddress.ip_address(address) in ipaddress.ip_network(
+                               f"{a.address}/24", strict=False))
+        egress_none = policy("no-egress", selector=sel(pod="b"), types=EGRESS)
+        source = StaticSource(cluster_of(pods, egress_none))
+        enforcer = enforcer_in(net, source)
+        enforcer.sync()
+        assert connects(a, gateway) and not connects(b, gateway)
+        to_node = policy("to-node", selector=sel(pod="b"), types=EGRESS, egress=(
+            Rule((Peer(ip_block=IPBlock(ipaddress.ip_network(f"{gateway}/32"))),),
+                 (PolicyPort(port=80),)),))
+        source.cluster, source.revision = cluster_of(pods, egress_none, to_node), 2
+        enforcer.sync(full=False)
+        assert connects(b, gateway)
+        assert not connects(b, a.address)  # that rule allows the node only
+    finally:
+        server.kill()
+        server.wait()

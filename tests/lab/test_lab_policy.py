@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from lab_env import (
     policy,
 )
 
-from tartan.debug import lab_agents, lab_objects
+from tartan.debug import lab_agents, lab_objects, lab_probe
 from tartan.debug.lab import Lab, UpOptions
 from tartan.debug.lab_sys import alive, in_namespace
+from tartan.netpol.model import Protocol
 
 from harness import eventually
 
@@ -235,3 +237,62 @@ def test_apply_skips_an_invalid_object_and_delete_removes_a_pod_entirely(lab: La
     eventually(lambda: not alive(pod["listenerPid"]), timeout=5, what="the listener ends")
     stored = lab_objects.stored_objects(lab, lab.load())
     assert "z/d" not in stored["pods"] and "z/d" not in stored["podips"]
+
+
+CLIENTS_ONLY = policy("x", "clients-only", {"podSelector": {}, "ingress": [{"from": [
+    {"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "client"}}}]}]})
+
+
+class Watch(threading.Thread):
+    """One flow probed over and over (1 s timeout, one retry) until stopped: its outcomes."""
+
+    def __init__(self, lab: Lab, src: str, dst: str) -> None:
+        super().__init__(daemon=True)
+        state = lab.load()
+        self.src, self.dst = state.pod(src), state.pod(dst)
+        self.outcomes: list[bool] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.outcomes.append(lab_probe.probe(self.src, self.dst, 80, Protocol.TCP).allowed)
+            self.stop.wait(0.05)
+
+
+def test_churn_never_contradicts_the_policies_in_force(lab: Lab, policies: list[dict]):
+    """Pods made and removed and labels changed under a policy that admits clients only:
+    after each change has been enforced, probes agree with `policy explain`; and all along,
+    a client's flow is never dropped and a flow from a pod that never is a client never
+    passes (sets are refilled and chains rewritten atomically)."""
+    client_b = pod_manifest("y", "b", {"pod": "b", "role": "client"})
+    change(lab, "apply", client_b, CLIENTS_ONLY)
+    policies.append(CLIENTS_ONLY)
+    watches = [Watch(lab, "y/b", "x/a"), Watch(lab, "z/c", "x/b")]
+    for watch in watches:
+        watch.start()
+    made: list[dict] = []
+    try:
+        for round_ in range(6):
+            client = round_ % 2 == 0
+            labels = {"pod": "a", **({"role": "client"} if client else {})}
+            churned = pod_manifest("x", f"churn{round_}")
+            made.append(churned)
+            change(lab, "apply", pod_manifest("y", "a", labels), churned)
+            if round_:
+                change(lab, "delete", made[round_ - 1])
+            for dst in ("x/a", f"x/churn{round_}"):
+                run = ctl(lab, "probe", "y/a", dst)
+                assert run.returncode == (0 if client else 1), run.stdout
+                word = "allowed" if client else "denied"
+                assert run.stdout.splitlines()[1].startswith(f"policy explain: {word}"), \
+                    run.stdout
+        assert pods_json(lab).keys() >= {"x/churn5"} and "x/churn4" not in pods_json(lab)
+    finally:
+        for watch in watches:
+            watch.stop.set()
+            watch.join(30)
+        change(lab, "delete", *made[-1:])
+        change(lab, "apply", pod_manifest("y", "a"), pod_manifest("y", "b"))
+    allowed, denied_flow = (w.outcomes for w in watches)
+    assert len(allowed) > 10 and all(allowed), f"y/b -> x/a dropped: {allowed}"
+    assert len(denied_flow) > 10 and not any(denied_flow), f"z/c -> x/b passed: {denied_flow}"

@@ -260,3 +260,32 @@ def test_the_interpreter_refuses_what_it_does_not_know():
         "FORWARD", ("-m", "physdev", "--physdev-in", "veth0", "-j", "DROP"))
     with pytest.raises(Unsupported):
         verdict(nodes["node1"], "FORWARD", Packet("10.244.2.2", "10.244.1.2"))
+
+
+def test_a_compile_that_reuses_the_last_ones_sets_gives_what_a_fresh_one_gives():
+    from tartan.netpol.compiler import Reuse, compile_node
+    from tartan.netpol.model import Cluster
+
+    from netpol_kit import NAMESPACES, PODS
+
+    from_b = policy("from-b", selector=sel(pod="a"),
+                    ingress=(Rule((Peer(pod_selector=sel(pod="b")),)),))
+    from_y = policy("from-y", selector=sel(pod="a"), ingress=(Rule((Peer(
+        namespace_selector=sel(ns="y")),), (PolicyPort(port="serve-80-tcp"),)),))
+    reuse = Reuse()
+    steps = [Cluster(NAMESPACES, PODS, (from_b,)), Cluster(NAMESPACES, PODS, (from_b, from_y))]
+    steps.append(Cluster(NAMESPACES, PODS, steps[1].policies))
+    fewer = PODS[1:]
+    steps.append(Cluster(NAMESPACES, fewer, steps[1].policies))  # other pods: found again
+    results = [compile_node(cluster, "node1", ["198.18.1.11"], reuse=reuse) for cluster in steps]
+    for cluster, result in zip(steps, results, strict=True):
+        fresh = compile_node(cluster, "node1", ["198.18.1.11"])
+        assert (result.sets, result.chains, result.hooks) == (fresh.sets, fresh.chains,
+                                                              fresh.hooks)
+    peers = (f"{SET_PREFIX}P", f"{SET_PREFIX}Q")  # the sets whose members are found
+    shared = {name for name in results[0].set_names() & results[1].set_names()
+              if name.startswith(peers)}
+    assert shared, "the premise: a set both compiles have"
+    first = {s.name: s for s in results[0].sets}
+    assert all(s is first[s.name] for s in results[1].sets if s.name in shared)  # reused
+    assert reuse.pods is fewer

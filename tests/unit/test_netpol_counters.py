@@ -234,8 +234,9 @@ class Kernel:
         self.chains: dict[str, list[RuleCounters]] = {}
         self.fail: Exception | None = None
         self.reads = 0
+        self.asked: list[set[str] | None] = []  # the chains each reading asked for (None: all)
 
-    def apply(self, compiled: Compiled) -> int:
+    def apply(self, compiled: Compiled, previous: Compiled | None = None) -> int:
         wanted = {c.name: c.rules for c in compiled.chains if direction_of(c.name)}
         changed = 0
         for name, rules in wanted.items():
@@ -251,11 +252,13 @@ class Kernel:
         rules[-1] = rules[-1]._replace(packets=rules[-1].packets + packets,
                                        bytes=rules[-1].bytes + packets * size)
 
-    def read(self) -> dict[str, list[RuleCounters]]:
+    def read(self, chains=None) -> dict[str, list[RuleCounters]]:
         self.reads += 1
+        self.asked.append(None if chains is None else set(chains))
         if self.fail:
             raise self.fail
-        return {name: list(rules) for name, rules in self.chains.items()}
+        return {name: list(rules) for name, rules in self.chains.items()
+                if chains is None or name in chains}
 
 
 class Source:
@@ -288,13 +291,14 @@ A_IN = pod_chain(next(p for p in PODS if p.key == "x/a"), Direction.INGRESS)
 WEB = policy("web", selector=sel(pod="a"), ingress=(Rule((Peer(pod_selector=sel(pod="b")),)),))
 
 
-def test_drops_before_a_rewrite_go_to_the_old_policies_and_after_it_to_the_new():
+@pytest.mark.parametrize("full", [True, False], ids=["full", "changes-only"])
+def test_drops_before_a_rewrite_go_to_the_old_policies_and_after_it_to_the_new(full):
     kernel, events, source = Kernel(), [], Source(policy("deny"))
     enforcer = counting(source, kernel, events)
     enforcer.sync()
     kernel.drop(A_IN, 3)
     source.policies, source.revision = (policy("deny"), WEB), 2
-    enforcer.sync()  # x/a's chain is rewritten: its 3 drops are read before the restore
+    enforcer.sync(full=full)  # x/a's chain is rewritten: its 3 drops are read before
     assert kernel.chains[A_IN][-1].packets == 0
     kernel.drop(A_IN, 2)
     enforcer.count_denied()
@@ -303,16 +307,36 @@ def test_drops_before_a_rewrite_go_to_the_old_policies_and_after_it_to_the_new()
     assert events == []
 
 
-def test_drops_of_a_chain_a_sync_deletes_are_counted_before_it_goes():
+@pytest.mark.parametrize("full", [True, False], ids=["full", "changes-only"])
+def test_drops_of_a_chain_a_sync_deletes_are_counted_before_it_goes(full):
     kernel, events, source = Kernel(), [], Source(policy("deny"))
     enforcer = counting(source, kernel, events)
     enforcer.sync()
     kernel.drop(A_IN, 4)
     source.policies, source.revision = (), 2
-    enforcer.sync()
+    enforcer.sync(full=full)
     assert A_IN not in kernel.chains
     assert enforcer.denied.totals[("x/deny", "ingress")] == Denied(4, 240)
     assert enforcer.stats().isolated == {"ingress": 0, "egress": 0}
+
+
+def test_a_change_reads_only_the_chains_it_rewrites_and_none_after_the_restore():
+    kernel, events, source = Kernel(), [], Source(policy("deny"))
+    enforcer = counting(source, kernel, events)
+    enforcer.sync()
+    others = set(kernel.chains) - {A_IN}
+    kernel.drop(A_IN, 3)
+    for chain in others:
+        kernel.drop(chain, 1)
+    source.policies, source.revision = (policy("deny"), WEB), 2  # rewrites x/a's only
+    enforcer.sync(full=False)
+    assert kernel.asked == [None, None, {A_IN}]  # the first sync: before and after
+    source.revision = 3
+    enforcer.sync(full=False)  # nothing to rewrite: nothing read
+    assert kernel.reads == 3
+    enforcer.count_denied()  # the other chains' drops were kept for the next reading
+    assert enforcer.denied.totals[("x/deny", "ingress")] == Denied(3 + len(others),
+                                                                   60 * (3 + len(others)))
 
 
 def test_a_failing_read_is_reported_once_and_never_fails_a_sync():
@@ -348,7 +372,7 @@ def test_failed_syncs_are_counted_and_still_raise():
     kernel = Kernel()
     enforcer = counting(Source(policy("deny")), kernel, [])
 
-    def broken(compiled: Compiled) -> int:
+    def broken(compiled: Compiled, previous: Compiled | None) -> int:
         raise IptablesFailure("restore failed")
 
     enforcer.apply = broken

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from tartan.netpol.compiler import Compiled
 from tartan.netpol.enforcer import Enforcer
@@ -42,9 +43,11 @@ class Source:
 class Recorder:
     def __init__(self) -> None:
         self.applied: list[Compiled] = []
+        self.previous: list[Compiled | None] = []  # what each apply was told the kernel holds
 
-    def __call__(self, compiled: Compiled) -> int:
+    def __call__(self, compiled: Compiled, previous: Compiled | None = None) -> int:
         self.applied.append(compiled)
+        self.previous.append(previous)
         return 1
 
 
@@ -77,6 +80,8 @@ def test_the_loop_syncs_on_a_change_after_the_debounce_and_stops():
         source.change(policy("deny"))
         eventually(lambda: len(apply.applied) == 2, what="a sync after the change")
         assert isolated(apply.applied[-1]) == {"x/deny"}
+        # the first sync reads the kernel; the change applies on top of what it made
+        assert apply.previous == [None, apply.applied[0]]
     finally:
         stop.set()
         completes(lambda: thread.join(30) or True)
@@ -108,3 +113,59 @@ def test_an_invalid_object_is_reported_once_while_the_rest_is_enforced():
     assert [e for e, _ in events] == ["netpol.invalid_object"]
     assert "NetworkPolicy x/bad" in str(events[0][1]["error"])
     assert all(isolated(c) == {"x/deny"} for c in apply.applied)
+
+
+def test_only_a_change_is_applied_on_top_of_the_last_state_a_full_sync_repairs():
+    events: list = []
+    apply, source = Recorder(), Source()
+    enf = enforcer(source, events, apply)
+    first = enf.sync(full=True)
+    source.change(policy("deny"))
+    second = enf.sync(full=False)
+    enf.sync(full=True)  # the interval's: read and repair
+    assert apply.previous == [None, apply.applied[0], None]
+    assert (first.full, second.full) == (True, False)
+
+
+def test_a_failed_apply_of_changes_repairs_at_once_and_a_failed_sync_makes_the_next_full():
+    events: list = []
+    calls: list = []
+    full_fails = threading.Event()
+
+    def apply(compiled, previous):
+        calls.append(previous)
+        if previous is not None or full_fails.is_set():
+            raise RuntimeError("iptables-restore: chain TARTAN-NPI-x does not exist")
+        return 1
+
+    source = Source()
+    enf = enforcer(source, events, apply)
+    enf.sync()
+    first = enf.compiled
+    source.change(policy("deny"))
+    assert enf.sync(full=False).full  # the kernel was not as left: read and repaired
+    assert calls == [None, first, None]
+    assert [e for e, _ in events] == ["netpol.repairing"]
+    repaired = enf.compiled
+    full_fails.set()
+    source.change()
+    assert enf._guarded(lambda: enf.sync(full=False)) is None
+    full_fails.clear()
+    source.change(policy("deny"))
+    assert enf.sync(full=False).full  # after a failure nothing is taken for applied
+    assert calls[3:] == [repaired, None, None]  # changes, their repair, then full
+
+
+def test_a_lone_change_is_synced_at_once_a_burst_within_the_debounce_waits():
+    source, stop = Source(), threading.Event()
+    enf = enforcer(source, [], debounce=3600)
+    source.change(policy("deny"))
+    assert completes(lambda: enf._wait_for_change(1, stop)) is True  # no sync for an hour
+    enf._synced_at = time.monotonic()  # as if a sync had just begun: the rest of the debounce
+    waited = threading.Thread(target=enf._wait_for_change, args=(1, stop))
+    waited.start()
+    waited.join(0.2)
+    assert waited.is_alive()
+    stop.set()
+    waited.join(30)
+    assert not waited.is_alive()
