@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tartan.backends.log import Log
-from tartan.cni import fastpath, subnet_env
+from tartan.cni import fastpath, journal, subnet_env
 from tartan.ipam import lease as lease_defaults
 
 if TYPE_CHECKING:  # the modules behind these load only once the flags are read
@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds a subnet lease lasts without renewal (flannel's: 24 h)")
     p.add_argument("--cni-socket", default=fastpath.SOCKET_PATH,
                    help="unix socket the CNI plugins hand their requests to ('' to disable)")
+    p.add_argument("--cni-journal", default=journal.DEFAULT_DIR,
+                   help="folder where the plugins leave the pod requests they answered while "
+                   "no agent ran, recorded at start")
     p.add_argument("--node-name", default=socket.gethostname(),
                    help="this node's name, as pods' spec.nodeName gives it (default: hostname)")
     p.add_argument("--network-policy", action=argparse.BooleanOptionalAction, default=True,
@@ -193,7 +196,8 @@ def start_policy(agent: Agent, args: argparse.Namespace, log: Log,
     from tartan.backends.policy import PolicyHost
 
     policy = PolicyHost(agent.store, args.node_name, log, interval=args.policy_resync,
-                        log_denied=args.policy_log_denied, metrics=agent.metrics)
+                        log_denied=args.policy_log_denied, metrics=agent.metrics,
+                        journal_dir=args.cni_journal)
     agent.status_parts["networkPolicy"] = policy.status
     policy.start(stop)
     return policy

@@ -5,8 +5,10 @@ that succeeded, its result's addresses are written to the store (`podips`, key n
 with this node and the container id); after a DEL of the same container the record goes.
 The NetworkPolicy enforcers of every node read these records: that is how a policy that
 selects pods by label knows their addresses. A request without the pod's name (not from
-kubelet) records nothing; a store that is down loses the record and says so in the log (the
-pod itself is unaffected: the reply was sent before).
+kubelet) records nothing. A record the store refuses goes to the CNI journal
+(cni/journal.py), as do the requests the plugins answered in-process while no agent ran:
+`drain` records them, at start before the socket serves and every few seconds after (the
+pod itself is unaffected either way: its reply was sent before).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tartan.backends.log import Log
+from tartan.cni import journal
 from tartan.ipam.objects import POD_IPS, InvalidObjectKey, ObjectStore
 
 
@@ -42,8 +45,10 @@ def addresses(stdout: str) -> list[str]:
 class PodRecorder:
     """Called by the CNI socket server after every request it answered."""
 
-    def __init__(self, store: ObjectStore, node: str, log: Log) -> None:
+    def __init__(self, store: ObjectStore, node: str, log: Log,
+                 journal_dir: str = journal.DEFAULT_DIR) -> None:
         self.store, self.node, self.log = store, node, log
+        self.journal_dir = journal_dir
         self._containers: dict[str, str] = {}  # pod -> container id recorded by this node
         self._lock = threading.Lock()
 
@@ -61,17 +66,41 @@ class PodRecorder:
         pod = pod_of(env)
         if exit_code != 0 or pod is None:
             return
-        container = env.get("CNI_CONTAINERID", "")
         try:
-            if command == "ADD":
-                self._record(pod, container, env, addresses(stdout))
-            elif command == "DEL":
-                self._forget(pod, container)
+            self._handle(pod, command, env, stdout)
         except InvalidObjectKey as exc:
             self.log.warn("pod.not_recorded", pod=pod, error=str(exc))
-        except Exception as exc:  # the store: the pod works, policies may not know it yet
+        except Exception as exc:  # the store: the pod works; the journal keeps the request
+            kept = journal.note(command, env, exit_code, stdout, self.journal_dir)
             self.log.warn("pod.not_recorded", pod=pod, command=command,
-                          error=f"{type(exc).__name__}: {exc}")
+                          error=f"{type(exc).__name__}: {exc}",
+                          retry="from the journal" if kept else "no")
+
+    def drain(self) -> int:
+        """Record what the journal holds (requests answered without this agent, or whose
+        record failed), oldest first; the number recorded. Stops at the first store
+        failure: what is left is tried at the next drain."""
+        done = 0
+        for entry in journal.entries(self.journal_dir):
+            pod = pod_of(entry.env)
+            try:
+                if pod is not None:
+                    self._handle(pod, entry.command, entry.env, entry.stdout)
+                    done += 1
+            except InvalidObjectKey as exc:
+                self.log.warn("pod.not_recorded", pod=pod, error=str(exc))
+            except Exception as exc:
+                self.log.warn("pod.journal_kept", pod=pod, error=f"{type(exc).__name__}: {exc}")
+                break
+            journal.remove(entry.path)
+        return done
+
+    def _handle(self, pod: str, command: str, env: Mapping[str, str], stdout: str) -> None:
+        container = env.get("CNI_CONTAINERID", "")
+        if command == "ADD":
+            self._record(pod, container, env, addresses(stdout))
+        elif command == "DEL":
+            self._forget(pod, container)
 
     def _record(self, pod: str, container: str, env: Mapping[str, str],
                 ips: list[str]) -> None:

@@ -18,6 +18,7 @@ from pyroute2 import IPRoute
 from tartan.backends.log import Log
 from tartan.backends.metrics import Metrics
 from tartan.backends.pod_records import PodRecorder
+from tartan.cni import journal
 from tartan.ipam.objects import ObjectStore
 from tartan.kernel import addr
 from tartan.netpol.compiler import Options
@@ -25,7 +26,9 @@ from tartan.netpol.enforcer import Enforcer, Stats, kernel_counters
 from tartan.netpol.source import StoreSource
 
 SCRAPE_REFRESH = 1.0  # seconds: the youngest counter reading a scrape reuses
-WARNINGS = frozenset({"netpol.failed", "netpol.invalid_object", "netpol.counters_unread"})
+DRAIN_INTERVAL = 2.0  # seconds between looks into the CNI journal (a scandir when empty)
+WARNINGS = frozenset({"netpol.failed", "netpol.invalid_object", "netpol.counters_unread",
+                      "netpol.repairing"})
 
 
 def node_addresses() -> list[str]:
@@ -37,9 +40,10 @@ def node_addresses() -> list[str]:
 
 class PolicyHost:
     def __init__(self, store: ObjectStore, node: str, log: Log, *, interval: float,
-                 log_denied: bool, metrics: Metrics | None = None) -> None:
+                 log_denied: bool, metrics: Metrics | None = None,
+                 journal_dir: str = journal.DEFAULT_DIR) -> None:
         self.log = log
-        self.recorder = PodRecorder(store, node, log)
+        self.recorder = PodRecorder(store, node, log, journal_dir)
         self.enforcer = Enforcer(StoreSource(store), node, node_addresses, self._report,
                                  options=Options(log=log_denied), interval=interval,
                                  counters=kernel_counters())
@@ -57,13 +61,30 @@ class PolicyHost:
         return self.enforcer.stats()
 
     def start(self, stop: threading.Event) -> None:
+        """Load this node's records and record what the journal holds (before the CNI
+        socket serves: so the journal's requests come first), then run the enforcer and a
+        drain of the journal every `DRAIN_INTERVAL` seconds."""
         try:
             self.recorder.load()
         except Exception as exc:  # the store will be read again by every sync
             self.log.warn("pod.records_unread", error=f"{type(exc).__name__}: {exc}")
+        self._drain()
         self.thread = threading.Thread(target=self.enforcer.run, args=(stop,),
                                        name="netpol", daemon=True)
         self.thread.start()
+        threading.Thread(target=self._drain_every, args=(stop,), name="pod-journal",
+                         daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            if recorded := self.recorder.drain():
+                self.log.info("pod.journal_recorded", requests=recorded)
+        except Exception as exc:  # never the agent's end
+            self.log.warn("pod.journal_unread", error=f"{type(exc).__name__}: {exc}")
+
+    def _drain_every(self, stop: threading.Event) -> None:
+        while not stop.wait(DRAIN_INTERVAL):
+            self._drain()
 
     def status(self) -> dict[str, object]:
         last = self.enforcer.last

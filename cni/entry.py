@@ -14,10 +14,21 @@ from tartan.cni import fastpath, registry
 
 
 def in_process(plugin: str, stdin: bytes) -> int:
-    """The fallback: the plugin in this process, on the same dispatcher the agent uses."""
-    from tartan.cni import skel
+    """The fallback: the plugin in this process, on the same dispatcher the agent uses. The
+    node plugin (`tartan`, which runs only where tartand does) leaves a kubelet pod's ADD or
+    DEL in the journal for the agent to record; tartan-bridge used on its own does not."""
+    from tartan.cni import journal, skel
 
-    return skel.emit(skel.run(registry.load(plugin), os.environ, stdin))
+    reply = skel.run(registry.load(plugin), os.environ, stdin)
+    if plugin == registry.NODE_PLUGIN:
+        journal.note(os.environ.get("CNI_COMMAND", ""), os.environ, reply.exit_code,
+                     reply.stdout, journal.plugin_dir(os.environ))
+    return skel.emit(reply)
+
+
+def in_process_main(plugin: str) -> int:
+    """`in_process` with this process's stdin (the bundle's full executable)."""
+    return in_process(plugin, fastpath.read_stdin())
 
 
 def run_plugin(name: str) -> int:

@@ -112,7 +112,7 @@ def ask_agent(plugin: str, env: Mapping[str, str], stdin: bytes,
     return None if code == DECLINED else (code, out)
 
 
-def _stdin() -> bytes:
+def read_stdin() -> bytes:
     return b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
 
 
@@ -131,7 +131,7 @@ def relay(plugin: str, fallback: Callable[[bytes], int]) -> int:
     """Entry point body: agent first, `fallback(stdin)` (in-process) when it is not there."""
     if os.environ.get("CNI_COMMAND") == "VERSION":
         return version()
-    stdin = _stdin()
+    stdin = read_stdin()
     if not os.environ.get("TARTAN_NO_AGENT"):
         answer = ask_agent(plugin, os.environ, stdin)
         if answer is not None:

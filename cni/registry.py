@@ -22,6 +22,7 @@ PLUGINS = {
     "tartan-ipam": "tartan.ipam.plugin",
 }
 NAMES = tuple(PLUGINS)
+NODE_PLUGIN = "tartan"  # the one runtimes call on a Tartan node; it delegates to the others
 
 
 def module_of(name: str) -> str:

@@ -78,12 +78,27 @@ def apply(lab: Lab, paths: Sequence[str], stdin: TextIO, out: Say, err: Say) -> 
             err(f"{_name(obj.resource, obj.key)}: {exc}")
             failed = True
     if ready:
-        wait_recorded(lab, state, made)
+        wait_recorded(lab, state, _on_running_nodes(lab, made, out))
         for line in with_store(lab, state, lambda store: list(
                 store_apply(store, ready, time.time()))):
             out(line)
         wait_enforced(lab, state, out)
     return 1 if failed else 0
+
+
+def _on_running_nodes(lab: Lab, pods: Sequence[str], out: Say) -> list[str]:
+    """The pods whose node's tartand runs (and records them now); of the others, a line."""
+    state = lab.load()
+    running = []
+    for key in pods:
+        pod = state.pod(key)
+        node = state.node(pod.node) if pod is not None else None
+        if node is not None and lab_agents.running(node):
+            running.append(key)
+        else:
+            out(f"  {key}: the tartand of its node is not running; it records the pod when "
+                "it starts (from the CNI journal)")
+    return running
 
 
 def wait_recorded(lab: Lab, state: LabState, pods: Sequence[str],

@@ -29,11 +29,14 @@ READY_TIMEOUT = 10.0
 _POD_INDEX = re.compile(r"-pod(\d+)$")
 
 
-def place(requested: str, nodes: Sequence[str], pods_on: dict[str, int]) -> str:
-    """The node for a pod: `requested` (spec.nodeName) when given, else the node with the
-    fewest pods, the first of those in `nodes` order. LabError when there is none."""
+def place(requested: str, nodes: Sequence[str], pods_on: dict[str, int],
+          present: Sequence[str] = ()) -> str:
+    """The node for a pod: `requested` (spec.nodeName) when given, among `nodes` (their
+    tartand runs) or `present` (there, tartand stopped: its plugin answers in-process, as
+    kubelet's would), else the node of `nodes` with the fewest pods, the first of those in
+    `nodes` order. LabError when there is none."""
     if requested:
-        if requested not in nodes:
+        if requested not in nodes and requested not in present:
             raise LabError(f"spec.nodeName {requested!r} is not a running node of the lab; "
                            f"use one of {', '.join(nodes) or '(none)'}, or leave it out")
         return requested
@@ -74,7 +77,8 @@ def new_pod(state: LabState, model: PodModel) -> Pod:
     """The lab's pod for a Pod object (not made yet): its node, namespace name and id."""
     running = [n.name for n in state.nodes if lab_agents.running(n)]
     counts = {name: len(state.pods_of(name)) for name in running}
-    node = state.node(place(model.node, running, counts))
+    present = [n.name for n in state.nodes if alive(n.holder_pid)]
+    node = state.node(place(model.node, running, counts, present))
     assert node is not None
     return Pod(name=model.name, node=node.name, netns=next_netns(node, state.pods),
                container_id=secrets.token_hex(32), namespace=model.namespace,

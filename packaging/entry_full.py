@@ -28,9 +28,9 @@ def main() -> int:
     role = os.path.basename(sys.argv[0])
     restore_library_path()
     if role in registry.PLUGINS:
-        from tartan.cni import skel
+        from tartan.cni import entry
 
-        return skel.main(registry.load(role))
+        return entry.in_process_main(role)
     if role in COMMANDS:
         return importlib.import_module(COMMANDS[role]).main()
     names = ", ".join([*registry.NAMES, *COMMANDS])

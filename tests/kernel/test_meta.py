@@ -259,3 +259,24 @@ def test_reference_bridge_as_the_delegate(node):
     assert json.loads(node.stored(pod).read_text())["type"] == "bridge"
     assert node.delete(pod, conf).code == 0
     assert node.reservations() == [] and "eth0" not in pod.ns.links()
+
+
+def test_without_an_agent_a_kubelet_pods_add_and_del_are_left_for_it(node, tmp_path):
+    """The plugin answers in-process (no agent here) and journals the pod for tartand."""
+    from tartan.cni import journal
+
+    folder = tmp_path / "journal"
+    kubelet = {"cni_args": "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a",
+               "extra_env": {journal.DIR_ENV: str(folder), "TARTAN_NO_AGENT": "1"}}
+    pod = Pod(node.factory("tp"), unique("ctr-"))
+    pod.reply = node.run("ADD", pod, **kubelet)
+    assert pod.reply.code == 0, pod.reply.stdout
+    assert node.run("DEL", pod, **kubelet).code == 0
+    added, deleted = journal.entries(folder)
+    assert (added.command, deleted.command) == ("ADD", "DEL")
+    assert added.env["CNI_CONTAINERID"] == pod.container_id
+    assert json.loads(added.stdout)["ips"][0]["address"].startswith(pod.address)
+    other = Pod(node.factory("tp"), unique("ctr-"))  # not kubelet's: nothing to record
+    other.reply = node.run("ADD", other, extra_env=kubelet["extra_env"])
+    assert other.reply.code == 0 and len(journal.entries(folder)) == 2
+    node.delete(other)

@@ -296,3 +296,32 @@ def test_churn_never_contradicts_the_policies_in_force(lab: Lab, policies: list[
     allowed, denied_flow = (w.outcomes for w in watches)
     assert len(allowed) > 10 and all(allowed), f"y/b -> x/a dropped: {allowed}"
     assert len(denied_flow) > 10 and not any(denied_flow), f"z/c -> x/b passed: {denied_flow}"
+
+
+def test_a_pod_made_while_its_nodes_agent_is_down_is_recorded_when_it_starts(
+        lab: Lab, policies: list[dict]):
+    """The plugin answers in-process and journals the pod; the agent records it at start, so
+    the policy selecting it holds."""
+    deny = policy("z", "deny-late", {"podSelector": {"matchLabels": {"pod": "late"}},
+                                     "policyTypes": ["Ingress"]})
+    change(lab, "apply", deny)
+    policies.append(deny)
+    late = pod_manifest("z", "late")
+    late["spec"]["nodeName"] = "node2"
+    lab_agents.stop_agent(lab.load().node("node2"))
+    try:
+        run = ctl(lab, "apply", "-f", "-", text=yaml.safe_dump(late))
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "z/late: the tartand of its node is not running" in run.stdout
+        assert "z/late" not in lab_objects.stored_objects(lab, lab.load())["podips"]
+    finally:
+        lab.restart("node2")
+    try:
+        eventually(lambda: "z/late" in lab_objects.stored_objects(lab, lab.load())["podips"],
+                   timeout=20, what="node2's tartand to record z/late from its journal")
+        wait_synced(lab)
+        run = ctl(lab, "probe", "x/a", "z/late")
+        assert run.returncode == 1, run.stdout
+        assert run.stdout.splitlines()[1] == "policy explain: denied (z/deny-late ingress)"
+    finally:
+        assert ctl(lab, "delete", "pod", "late", "-n", "z").returncode == 0
