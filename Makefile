@@ -10,7 +10,7 @@ STAMPS := .make
 # Debian packages the plugins, the tests and the demo use.
 APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
-	python3 util-linux strace
+	python3 util-linux strace tshark
 
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml

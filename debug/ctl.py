@@ -7,9 +7,9 @@ import argparse
 import os
 import sys
 
-from tartan.debug import get_cli, lab_cli, objects_cli, policy_cli, status
+from tartan.debug import capture_cli, get_cli, lab_cli, objects_cli, policy_cli, status
 
-SUBCOMMANDS = (status, objects_cli, get_cli, policy_cli, lab_cli)
+SUBCOMMANDS = (status, objects_cli, get_cli, policy_cli, capture_cli, lab_cli)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,7 +21,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # a capture's filter comes last, as tcpdump's does, after any flags: argparse leaves the
+    # words it did not place for it
+    if extra and hasattr(args, "filter") and not any(word.startswith("-") for word in extra):
+        args.filter = [*args.filter, *extra]
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args)
     except BrokenPipeError:  # e.g. `| head`: stop quietly, as other tools do

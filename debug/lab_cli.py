@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from tartan.debug import lab_demo, lab_policy_cli
+from tartan.debug import capture_cli, lab_demo, lab_policy_cli
 from tartan.debug import lab_plan as plan
 from tartan.debug import lab_views as views
 from tartan.debug.lab import Lab, UpOptions
@@ -115,6 +115,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "demo": (cmd_demo, "up, status, ping-matrix, a policy applied and probed, then always "
                        "down"),
     **lab_policy_cli.COMMANDS,
+    "capture": (capture_cli.cmd_lab_capture, "capture a pod's packets on every hop of its "
+                "path (and its peer's), VXLAN decoded"),
 }
 
 
@@ -134,6 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "pods":
             p.add_argument("-o", "--output", choices=("table", "json"), default="table")
         lab_policy_cli.add_flags(name, p)
+        if name == "capture":
+            capture_cli.add_flags(p)
         p.set_defaults(run=run, handler=handler)
 
 

@@ -76,6 +76,19 @@ def by_index(ipr: IPRoute, index: int) -> Link:
         raise KernelFailure(f"cannot look up link {index}: {exc}") from None
 
 
+def all_links(ipr: IPRoute) -> list[Link]:
+    """Every link of the namespace, in index order."""
+    with kernel_op("cannot list links"):
+        return sorted((_to_link(msg) for msg in ipr.get_links()), key=lambda link: link.index)
+
+
+def peer_index(ipr: IPRoute, index: int) -> int:
+    """A veth's peer's index (in the peer's namespace); 0 when link `index` has none."""
+    with kernel_op(f"cannot look up link {index}"):
+        msgs = ipr.link("get", index=index)
+    return int(msgs[0].get("IFLA_LINK") or 0) if msgs else 0
+
+
 def require(ipr: IPRoute, name: str) -> Link:
     found = get(ipr, name)
     if found is None:

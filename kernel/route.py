@@ -102,3 +102,15 @@ def exists(ipr: IPRoute, spec: RouteSpec) -> bool:
             continue
         return True
     return False
+
+
+def output_device(ipr: IPRoute, address: str) -> int:
+    """The index of the link the kernel would send a packet to `address` out of (0: no
+    route)."""
+    try:
+        msgs = ipr.route("get", dst=address)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return 0
+        raise KernelFailure(f"cannot look up the route to {address}: {exc}") from None
+    return int(msgs[0].get("RTA_OIF") or 0) if msgs else 0

@@ -1,0 +1,180 @@
+"""`tartanctl capture` (on a node) and `tartanctl lab capture` (in the lab).
+
+    capture NS/POD [--to NS/POD|IP] [--hops pod,veth,bridge,vxlan,uplink] [-w FILE.pcapng]
+            [--count N] [--duration S] [FILTER...]
+
+Every hop of the pod's path at once (capture_hops.py says which), and with `--to` the same
+hops on the destination's node. One line per packet on stdout; `-w` writes all of them to one
+pcapng with an interface per hop, named `node/hop`. FILTER is tcpdump's syntax, applied to
+the pod's own frame (inside VXLAN, on the hops that carry it).
+
+On a node, a pod is found by its record in the store (the addresses its ADD got) and the
+network namespace that holds one of them (in /run/netns or /var/run/netns, where runtimes
+put them), or given with `--netns`; `--to` then adds the hops on this node only (the
+destination's node is another machine: run capture there too). In the lab every node is
+here: `lab capture` listens on both nodes' hops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from tartan.debug import bpf, capture_hops
+from tartan.debug.capture_hops import Hop, HopError
+from tartan.debug.lab import Lab
+from tartan.debug.lab_probe import find
+from tartan.debug.lab_sys import LabError, netns_path
+from tartan.kernel.errors import Gone, TartanError
+
+RUNTIME_NETNS_DIRS = (Path("/run/netns"), Path("/var/run/netns"))
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pod", metavar="NS/POD", help="the pod whose path to capture")
+    p.add_argument("--to", metavar="NS/POD|IP",
+                   help="also the destination's hops (its node's, in the lab)")
+    p.add_argument("--hops", type=_hops, default=capture_hops.HOPS,
+                   help=f"which hops (default all: {','.join(capture_hops.HOPS)})")
+    p.add_argument("-w", "--write", metavar="FILE.pcapng", help="write the packets here")
+    p.add_argument("-c", "--count", type=int, default=0, help="stop after N packets")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds")
+    p.add_argument("filter", nargs="*", metavar="FILTER",
+                   help="tcpdump filter on the pod's own packets, e.g. icmp or tcp port 80")
+
+
+def _hops(text: str) -> tuple[str, ...]:
+    try:
+        return capture_hops.parse_hops(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[BinaryIO | None]:
+    if not path:
+        yield None
+        return
+    with open(path, "wb") as stream:
+        yield stream
+
+
+def _capture(hops: list[Hop], args: argparse.Namespace) -> int:
+    from tartan.debug import capture  # scapy's import takes half a second: only here
+
+    program = bpf.compile_filter(" ".join(args.filter))
+    bounds = [f"{args.count} packet(s)"] if args.count else []
+    bounds += [f"{args.duration:g} s"] if args.duration else []
+    with _output(args.write) as stream:
+        summary = capture.run(
+            hops, program, lambda text: print(text, flush=True), stream, args.count,
+            args.duration, ready=lambda: print(
+                f"capture: listening on {', '.join(h.label for h in hops)} until "
+                f"{' or '.join([*bounds, 'Ctrl-C'])}", file=sys.stderr, flush=True))
+    dropped = sum(summary.dropped.values())
+    note = f", {dropped} dropped by the kernel (capture too slow)" if dropped else ""
+    where = f", written to {args.write}" if args.write else ""
+    print(f"capture: {summary.packets} packet(s) on {len(hops)} hop(s){note}{where}",
+          file=sys.stderr, flush=True)
+    return 0
+
+
+# -- in the lab -----------------------------------------------------------------------
+
+
+def lab_hops(lab: Lab, args: argparse.Namespace) -> list[Hop]:
+    state = lab.load()
+    src = find(state, args.pod)
+    node = state.node(src.node)
+    assert node is not None
+    dst = find(state, args.to) if args.to and "/" in args.to else None
+    towards = dst.ip if dst else args.to
+    hops = capture_hops.pod_hops(node.name, netns_path(node.netns), src.key,
+                                 netns_path(src.netns), towards=towards, wanted=args.hops)
+    if dst is not None:
+        far = state.node(dst.node)
+        assert far is not None
+        there = capture_hops.pod_hops(far.name, netns_path(far.netns), dst.key,
+                                      netns_path(dst.netns), towards=src.ip, wanted=args.hops)
+        same_node = far.name == node.name
+        hops += [hop for hop in reversed(there) if not same_node or hop.name in ("pod", "veth")]
+    return hops
+
+
+def cmd_lab_capture(lab: Lab, args: argparse.Namespace) -> int:
+    try:
+        return _capture(lab_hops(lab, args), args)
+    except (bpf.FilterError, HopError, Gone, OSError) as exc:
+        raise LabError(str(exc)) from None
+
+
+# -- on a node ------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from tartan.backends.agent import add_store_flags
+
+    p = sub.add_parser("capture", help="capture a pod's packets on every hop of its path",
+                       description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_flags(p)
+    p.add_argument("--netns", help="the pod's network namespace (default: found by address)")
+    p.add_argument("--ifname", default="eth0", help="the pod's interface (default eth0)")
+    p.add_argument("--node-name", default=os.uname().nodename, help="this node's name")
+    add_store_flags(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        netns = args.netns or pod_netns(args)
+        hops = capture_hops.pod_hops(args.node_name, None, args.pod, netns, args.ifname,
+                                     towards=_address(args.to), wanted=args.hops)
+        return _capture(hops, args)
+    except (TartanError, Gone, bpf.FilterError, OSError, ValueError) as exc:
+        print(f"tartanctl capture: {exc}", file=sys.stderr)
+        return 1
+
+
+def _address(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None  # a pod on another node: its hops are there
+
+
+def pod_netns(args: argparse.Namespace) -> str:
+    """The namespace holding the pod's recorded address, among the runtimes' ones."""
+    from tartan.backends.agent import open_store
+    from tartan.kernel.netns import netlink
+
+    store = open_store(args)
+    try:
+        records = store.list_objects()[0]["podips"]
+    finally:
+        store.close()
+    key = args.pod if "/" in args.pod else f"default/{args.pod}"
+    record = records.get(key)
+    if not record:
+        raise ValueError(f"no record of pod {key} in the store (is it on a Tartan node, "
+                         "created by kubelet?); give --netns")
+    wanted = {str(ip) for ip in record.get("ips", [])}
+    for folder in RUNTIME_NETNS_DIRS:
+        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+            with contextlib.suppress(OSError, TartanError):
+                ipr = netlink(str(path))
+                try:
+                    held = {str(a.get("IFA_ADDRESS")) for a in ipr.get_addr()}
+                finally:
+                    ipr.close()
+                if held & wanted:
+                    return str(path)
+    raise ValueError(f"no network namespace in {', '.join(map(str, RUNTIME_NETNS_DIRS))} holds "
+                     f"{', '.join(sorted(wanted))} (pod {key}); give --netns")

@@ -1,0 +1,64 @@
+"""`tartanctl capture` on a node (a throwaway node namespace with pods on a bridge), run as an
+operator runs it: the pod found through its record in the store and the namespace holding
+its address, its hops read from the kernel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tartan.ipam.lease_sqlite import SqliteLeaseStore
+
+from harness import in_netns
+
+pytestmark = pytest.mark.kernel
+TARTANCTL = str(Path(sys.executable).parent / "tartanctl")
+
+
+def test_capture_finds_the_pod_by_its_record_and_sees_its_hops(bridge_net, tmp_path: Path):
+    a, b = bridge_net.add(), bridge_net.add()
+    db = tmp_path / "leases.db"
+    store = SqliteLeaseStore(db)
+    store.put_object("podips", "x/a", {"ips": [a.address], "node": "node1",
+                                       "containerID": a.container_id})
+    store.close()
+    capture = subprocess.Popen(in_netns(bridge_net.host.name, [
+        TARTANCTL, "capture", "x/a", "--node-name", "node1", "--store", f"sqlite:{db}",
+        "--count", "4", "--duration", "20", "-w", str(tmp_path / "a.pcapng"), "icmp"]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert capture.stderr is not None
+    first = capture.stderr.readline()
+    assert first.startswith("capture: listening on node1/pod, node1/veth, node1/bridge"), (
+        first + capture.stderr.read())
+    subprocess.run(in_netns(a.ns.name, ["ping", "-c", "1", "-W", "1", b.address]), check=True,
+                   capture_output=True)
+    out, err = capture.communicate(timeout=30)
+    assert capture.returncode == 0, err
+    hops = [(line.split()[1], line.split()[2]) for line in out.splitlines()]
+    # a and b share the bridge: the frames are bridged, and the bridge device (an L3 hop)
+    # sees none of them
+    assert hops == [("node1/pod", "out"), ("node1/veth", "in"), ("node1/veth", "out"),
+                    ("node1/pod", "in")]
+
+
+def test_a_pod_the_store_does_not_know_is_one_line(bridge_net, tmp_path: Path):
+    db = tmp_path / "leases.db"
+    SqliteLeaseStore(db).close()
+    run = subprocess.run(in_netns(bridge_net.host.name, [
+        TARTANCTL, "capture", "x/gone", "--store", f"sqlite:{db}", "--count", "1"]),
+        capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        "tartanctl capture: no record of pod x/gone in the store (is it on a Tartan node, "
+        "created by kubelet?); give --netns"]
+
+
+def test_a_namespace_that_is_not_there_is_one_line(tmp_path: Path):
+    run = subprocess.run([TARTANCTL, "capture", "x/a", "--netns", str(tmp_path / "nope"),
+                          "--count", "1"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        f"tartanctl capture: network namespace {tmp_path / 'nope'} does not exist"]
