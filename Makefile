@@ -15,7 +15,8 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
-.PHONY: all deps apt venv demo test unit lint bench bench-dataplane bench-netpol clean bundle \
+.PHONY: all deps apt venv demo test unit lint bench bench-dataplane bench-netpol bench-capture \
+	clean bundle \
 	install uninstall
 
 all: venv
@@ -104,6 +105,9 @@ bench-dataplane: deps
 
 bench-netpol: deps
 	$(PY) bench/netpol.py --report bench/reports/netpol.md
+
+bench-capture: deps
+	$(PY) bench/capture.py --report bench/reports/capture.md
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build dist *.egg-info

@@ -119,3 +119,36 @@ def _alu(op: int, a: int, operand: int) -> int | None:
                0x60: a << operand if operand < 32 else 0, 0x70: a >> operand,
                0x80: -a, 0x90: a % operand if operand else 0, 0xA0: a ^ operand}
     return results[op] & _MASK
+
+
+VXLAN_INNER = 14 + 20 + 8 + 8  # Ethernet, IPv4 without options, UDP, VXLAN: the inner frame
+_LOAD_CLASSES = (0x00, 0x01)  # LD, LDX
+_RELOCATED_MODES = (0x20, 0x40, 0xA0)  # ABS, IND, MSH: offsets into the packet
+_LEN_MODE = 0x80
+
+
+def inside_vxlan(program: Program, port: int) -> Program | None:
+    """`program` for a link that carries VXLAN to `port`: on a tunnel packet (IPv4 without
+    options, UDP to `port`) it runs on the inner frame, on anything else on the packet as it
+    is. None when it cannot be moved (it reads the packet's length, which the outer headers
+    change)."""
+    moved = []
+    for insn in program:
+        kind, mode = insn.code & 0x07, insn.code & 0xE0
+        if kind in _LOAD_CLASSES and mode == _LEN_MODE:
+            return None
+        if kind in _LOAD_CLASSES and mode in _RELOCATED_MODES:
+            insn = insn._replace(k=insn.k + VXLAN_INNER)
+        moved.append(insn)
+    outer = (
+        Insn(0x28, 0, 0, 12),  # ldh [12]: the ethertype
+        Insn(0x15, 0, 6, 0x0800),  # IPv4, else to the plain program
+        Insn(0x30, 0, 0, 14),  # ldb [14]: version and header length
+        Insn(0x15, 0, 4, 0x45),  # no options, else plain
+        Insn(0x30, 0, 0, 23),  # ldb [23]: the protocol
+        Insn(0x15, 0, 2, 17),  # UDP, else plain
+        Insn(0x28, 0, 0, 36),  # ldh [36]: the destination port
+        Insn(0x15, 1, 0, port),  # the tunnel's: run the moved program
+        Insn(0x05, 0, 0, len(moved)),  # ja over it, to the plain program
+    )
+    return (*outer, *moved, *program)

@@ -68,12 +68,13 @@ def _output(path: str | None) -> Iterator[BinaryIO | None]:
 def _capture(hops: list[Hop], args: argparse.Namespace) -> int:
     from tartan.debug import capture  # scapy's import takes half a second: only here
 
-    program = bpf.compile_filter(" ".join(args.filter))
+    expression = " ".join(args.filter)
+    bpf.compile_filter(expression)  # a bad filter is one line, before anything listens
     bounds = [f"{args.count} packet(s)"] if args.count else []
     bounds += [f"{args.duration:g} s"] if args.duration else []
     with _output(args.write) as stream:
         summary = capture.run(
-            hops, program, lambda text: print(text, flush=True), stream, args.count,
+            hops, expression, lambda text: print(text, flush=True), stream, args.count,
             args.duration, ready=lambda: print(
                 f"capture: listening on {', '.join(h.label for h in hops)} until "
                 f"{' or '.join([*bounds, 'Ctrl-C'])}", file=sys.stderr, flush=True))

@@ -125,11 +125,12 @@ def vxlan(frame: bytes, vni: int = 1, port: int = 8472) -> bytes:
 
 
 def test_a_vxlan_frame_is_decoded_twice_and_the_filter_sees_the_inner_one():
-    from tartan.debug.capture_decode import decode
+    from tartan.debug.capture_decode import decode, inner_frame
 
     inner = icmp("10.244.1.2", "10.244.2.3")
     decoded = decode(vxlan(inner, vni=7), vxlan_port=8472)
-    assert decoded.inner == inner
+    assert decoded.inner == inner == inner_frame(vxlan(inner, vni=7), 8472)
+    assert inner_frame(vxlan(inner), 4789) == vxlan(inner) and inner_frame(inner, 8472) == inner
     assert decoded.text() == ("192.168.50.1 > 192.168.50.2 vxlan vni 7 | 10.244.1.2 > "
                               "10.244.2.3 ICMP echo-request id 7 seq 1, 32 bytes")
     assert bpf.matches(bpf.compile_filter("icmp"), decoded.inner)
@@ -158,3 +159,17 @@ def test_copies_of_one_stamp_are_put_in_the_paths_order_on_each_node():
     assert parse_hops("pod, uplink") == ("pod", "uplink")
     with pytest.raises(ValueError, match="unknown hop tunnel: use some of pod,veth"):
         parse_hops("pod,tunnel")
+
+
+@needs_tcpdump
+@pytest.mark.parametrize("expression", [f for f in FILTERS if f and "len" not in f])
+def test_a_filter_moved_inside_vxlan_judges_the_inner_frame_and_others_as_they_are(
+        expression: str):
+    program = bpf.compile_filter(expression)
+    moved = bpf.inside_vxlan(program, 8472)
+    assert moved is not None
+    for frame in FRAMES:
+        assert bpf.matches(moved, vxlan(frame)) == bpf.matches(program, frame), frame
+        if frame is not FRAMES[4]:  # that one is a tunnel packet (to 8472) itself
+            assert bpf.matches(moved, frame) == bpf.matches(program, frame), frame
+    assert bpf.inside_vxlan(bpf.compile_filter("len > 60"), 8472) is None
