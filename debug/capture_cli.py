@@ -23,7 +23,6 @@ import ipaddress
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import BinaryIO
 
 from tartan.debug import bpf, capture_hops
@@ -31,9 +30,8 @@ from tartan.debug.capture_hops import Hop, HopError
 from tartan.debug.lab import Lab
 from tartan.debug.lab_probe import find
 from tartan.debug.lab_sys import LabError, netns_path
+from tartan.debug.node import RUNTIME_NETNS_DIRS, runtime_namespaces
 from tartan.kernel.errors import Gone, TartanError
-
-RUNTIME_NETNS_DIRS = (Path("/run/netns"), Path("/var/run/netns"))
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -167,15 +165,14 @@ def pod_netns(args: argparse.Namespace) -> str:
         raise ValueError(f"no record of pod {key} in the store (is it on a Tartan node, "
                          "created by kubelet?); give --netns")
     wanted = {str(ip) for ip in record.get("ips", [])}
-    for folder in RUNTIME_NETNS_DIRS:
-        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-            with contextlib.suppress(OSError, TartanError):
-                ipr = netlink(str(path))
-                try:
-                    held = {str(a.get("IFA_ADDRESS")) for a in ipr.get_addr()}
-                finally:
-                    ipr.close()
-                if held & wanted:
-                    return str(path)
+    for path in runtime_namespaces():
+        with contextlib.suppress(OSError, TartanError, Gone):
+            ipr = netlink(path)
+            try:
+                held = {str(a.get("IFA_ADDRESS")) for a in ipr.get_addr()}
+            finally:
+                ipr.close()
+            if held & wanted:
+                return path
     raise ValueError(f"no network namespace in {', '.join(map(str, RUNTIME_NETNS_DIRS))} holds "
                      f"{', '.join(sorted(wanted))} (pod {key}); give --netns")

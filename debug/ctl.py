@@ -7,9 +7,18 @@ import argparse
 import os
 import sys
 
-from tartan.debug import capture_cli, get_cli, lab_cli, objects_cli, policy_cli, reset, status
+from tartan.debug import (
+    capture_cli,
+    doctor,
+    get_cli,
+    lab_cli,
+    objects_cli,
+    policy_cli,
+    reset,
+    status,
+)
 
-SUBCOMMANDS = (status, objects_cli, get_cli, policy_cli, capture_cli, reset, lab_cli)
+SUBCOMMANDS = (status, objects_cli, get_cli, policy_cli, capture_cli, doctor, reset, lab_cli)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -107,8 +107,9 @@ class Lab:
         state.nodes.append(node)
         node.holder_pid = lab_underlay.start_holder(self.sys, spec.netns)
         files.save(state, self.root)
-        lab_underlay.mount_node_dirs(self.sys, node.holder_pid,
-                                     files.node_dir(self.name, node.name, self.root))
+        node_dir = files.node_dir(self.name, node.name, self.root)
+        lab_underlay.mount_node_dirs(self.sys, node.holder_pid, node_dir)
+        lab_pods.write_network_config(node_dir)
         self.say(f"  {node.name}: {node.ip} on segment {node.segment}, netns {node.netns}, "
                  f"holder pid {node.holder_pid}")
         return node

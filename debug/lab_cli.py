@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 
-from tartan.debug import capture_cli, lab_demo, lab_policy_cli
+from tartan.debug import capture_cli, lab_agents, lab_demo, lab_policy_cli, lab_store
 from tartan.debug import lab_plan as plan
 from tartan.debug import lab_views as views
 from tartan.debug.lab import Lab, UpOptions
-from tartan.debug.lab_sys import LabError
+from tartan.debug.lab_sys import LabError, in_node
 
 
 def say(line: str) -> None:
@@ -83,6 +84,18 @@ def cmd_ping_matrix(lab: Lab, args: argparse.Namespace) -> int:
     return 0 if views.ping_matrix(lab, say) else 1
 
 
+def cmd_doctor(lab: Lab, args: argparse.Namespace) -> int:
+    """`tartanctl doctor` inside the node (its network and mount namespaces, its store)."""
+    state = lab.load()
+    node = state.node(args.node)
+    if node is None:
+        raise LabError(f"lab {lab.name} has no node {args.node}: use one of "
+                       f"{', '.join(n.name for n in state.nodes)}")
+    argv = [str(lab_agents.VENV_BIN / "tartanctl"), "doctor",
+            *lab_store.tartand_store_args(state.store, lab.dir), *args.doctor_args]
+    return subprocess.run(in_node(node.holder_pid, argv), check=False).returncode
+
+
 def cmd_demo(lab: Lab, args: argparse.Namespace) -> int:
     """up, status, ping-matrix, NetworkPolicy applied and probed, and always down: `make
     demo` in one command."""
@@ -114,6 +127,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "restart": (cmd_restart, "restart one node's tartand (its datapath stays)"),
     "demo": (cmd_demo, "up, status, ping-matrix, a policy applied and probed, then always "
                        "down"),
+    "doctor": (cmd_doctor, "run tartanctl doctor on one node (its namespaces and store)"),
     **lab_policy_cli.COMMANDS,
     "capture": (capture_cli.cmd_lab_capture, "capture a pod's packets on every hop of its "
                 "path (and its peer's), VXLAN decoded"),
@@ -131,8 +145,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             _up_flags(p)
         if name in ("join", "restart"):
             p.add_argument("--ready-timeout", type=float, default=60.0)
-        if name in ("leave", "restart"):
+        if name in ("leave", "restart", "doctor"):
             p.add_argument("node", help="node name, e.g. node2")
+        if name == "doctor":
+            p.add_argument("doctor_args", nargs=argparse.REMAINDER,
+                           help="tartanctl doctor's flags (-o json, --check NAME)")
         if name == "pods":
             p.add_argument("-o", "--output", choices=("table", "json"), default="table")
         lab_policy_cli.add_flags(name, p)

@@ -30,6 +30,19 @@ from tartan.debug.lab_sys import (
 )
 
 CNI_CONFIG = {"cniVersion": "1.0.0", "name": plan.CNI_NETWORK, "type": "tartan"}
+CONFLIST = "10-tartan.conflist"
+
+
+def write_network_config(node_dir: Path) -> Path:
+    """The node's /etc/cni/net.d/10-tartan.conflist, as `make install` writes it on a real
+    node: what its pods are made with, and where doctor and reset find the network."""
+    folder = node_dir / "etc-cni" / "net.d"
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"cniVersion": CNI_CONFIG["cniVersion"], "name": CNI_CONFIG["name"],
+           "plugins": [{"type": CNI_CONFIG["type"]}]}
+    path = folder / CONFLIST
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
 PING_WORKERS = 16
 
 

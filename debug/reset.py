@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
-import os
 import shutil
 import socket
 import sys
@@ -32,9 +30,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from tartan.backends.routes import PROTO_TARTAN
-from tartan.cni import subnet_env
-from tartan.cni.plugins import meta_config
-from tartan.ipam.config import DEFAULT_DATA_DIR as IPAM_DATA_DIR
+from tartan.debug.node import CNI_CONF_DIR, RUN_DIR, Network, agents_here, find_network
 from tartan.kernel import link, route
 from tartan.kernel.errors import Gone, TartanError
 from tartan.kernel.ipset import Ipsets
@@ -42,8 +38,6 @@ from tartan.kernel.iptables import BACKENDS, Iptables, Table
 
 PREFIX = "TARTAN-"
 TABLES = ("filter", "nat")
-CNI_CONF_DIR = "/etc/cni/net.d"
-RUN_DIR = os.path.dirname(subnet_env.DEFAULT_PATH)  # /run/tartan
 
 
 @dataclass(frozen=True)
@@ -56,51 +50,6 @@ class Item:
 
     def text(self) -> str:
         return f"{self.kind:<6} {self.name}"
-
-
-@dataclass(frozen=True)
-class Network:
-    """What Tartan's network config says lives where (its defaults when there is none)."""
-
-    name: str = "tartan"
-    bridge: str = str(meta_config.BRIDGE_DEFAULTS["bridge"])
-    ipam_dir: str = IPAM_DATA_DIR
-    data_dir: str = meta_config.DEFAULT_DATA_DIR
-    subnet_file: str = subnet_env.DEFAULT_PATH
-    source: str = "defaults (no Tartan network config found)"
-
-
-def find_network(conf_dir: str) -> Network:
-    """The first config in `conf_dir` whose plugin is `tartan` (as the runtime picks it)."""
-    folder = Path(conf_dir)
-    for path in sorted(folder.glob("*.conf*")) if folder.is_dir() else []:
-        with contextlib.suppress(OSError, ValueError):
-            doc = json.loads(path.read_text())
-            plugins = doc.get("plugins", [doc]) if isinstance(doc, dict) else []
-            for plugin in plugins:
-                if isinstance(plugin, dict) and plugin.get("type") == "tartan":
-                    conf = meta_config.parse({"name": doc.get("name"), **plugin})
-                    delegate = conf.delegate
-                    ipam = delegate.get("ipam") or {}
-                    return Network(conf.name, str(delegate.get("bridge", Network.bridge)),
-                                   str(ipam.get("dataDir", IPAM_DATA_DIR)), conf.data_dir,
-                                   conf.subnet_file, str(path))
-    return Network()
-
-
-def agents_here() -> list[int]:
-    """tartand processes in this network namespace."""
-    mine = os.stat("/proc/self/ns/net").st_ino
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")[:2]
-            if any(os.path.basename(arg.decode(errors="replace")) == "tartand" for arg in argv) \
-                    and os.stat(entry / "ns" / "net").st_ino == mine:
-                found.append(int(entry.name))
-    return sorted(found)
 
 
 # -- what there is ------------------------------------------------------------------------

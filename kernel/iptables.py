@@ -153,6 +153,7 @@ class LiveTable:
 
     name: str
     chains: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    policies: dict[str, str] = field(default_factory=dict)  # built-in chain -> ACCEPT/DROP
 
     def rules(self) -> Iterator[Rule]:
         for chain, rules in self.chains.items():
@@ -185,7 +186,10 @@ def parse_save(text: str, table: str) -> LiveTable:
         elif current != table:
             continue
         elif line.startswith(":"):
-            live.chains.setdefault(line[1:].split()[0], [])
+            name, policy, *_ = [*line[1:].split(), "-"]
+            live.chains.setdefault(name, [])
+            if policy != "-":
+                live.policies[name] = policy
         elif line.startswith("-A "):
             tokens = split_args(line)
             live.chains.setdefault(tokens[1], []).append(tuple(tokens[2:]))

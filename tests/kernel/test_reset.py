@@ -48,7 +48,7 @@ def foreign_state(node) -> dict[str, object]:
             "set": "KUBE-SET" in node.ns.run("ipset", "list", "-n").stdout}
 
 
-def test_reset_removes_tartan_only_and_a_fresh_tartand_brings_the_node_back(cluster, tmp_path):
+def test_reset_removes_only_tartan_and_tartand_rebuilds(cluster, tmp_path):  # noqa: F811
     a, b = two_vxlan_nodes(cluster)
     conf = {"cniVersion": "1.0.0", "name": unique("tnet"), "plugins": [{
         "type": "tartan", "subnetFile": str(a.subnet_file), "dataDir": str(tmp_path / "meta"),

@@ -1,0 +1,145 @@
+"""`tartanctl lab doctor` on a 2-node VXLAN lab: quiet on a healthy node, and each check,
+provoked on purpose on node1, names the problem (then the node is put right again)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from lab_env import VENV_BIN, ctl, down_clean, lab_name
+
+from tartan.debug import lab_agents
+from tartan.debug.lab import Lab, UpOptions
+from tartan.debug.lab_sys import in_node
+
+from harness import eventually
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab = Lab(lab_name(), say=print)
+    try:
+        lab.up(UpOptions("vxlan", "sqlite", nodes=2, pods_per_node=1))
+        yield lab
+    finally:
+        down_clean(lab)
+
+
+def on_node1(lab: Lab, *argv: str) -> str:
+    node = lab.load().node("node1")
+    assert node is not None
+    return subprocess.run(in_node(node.holder_pid, list(argv)), capture_output=True, text=True,
+                          check=True, timeout=30).stdout
+
+
+def doctor(lab: Lab, *flags: str) -> tuple[int, list[dict]]:
+    run = subprocess.run([str(VENV_BIN / "tartanctl"), "lab", "doctor", "--name", lab.name,
+                          "node1", "-o", "json", *flags], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode in (0, 1), run.stderr
+    return run.returncode, json.loads(run.stdout)["problems"]
+
+
+def problems(lab: Lab, check: str) -> list[str]:
+    code, found = doctor(lab, "--check", check)
+    assert code == (1 if found else 0)
+    return [f["check"] + ": " + f["problem"] for f in found]
+
+
+def test_a_healthy_node_has_no_problem(lab: Lab):
+    code, found = doctor(lab)
+    assert (code, found) == (0, [])
+    text = subprocess.run([str(VENV_BIN / "tartanctl"), "lab", "doctor", "--name", lab.name,
+                           "node1"], capture_output=True, text=True, timeout=60).stdout
+    assert text.startswith("doctor: no problem found (9 checks, ")
+
+
+def test_the_bridge_keeping_an_old_subnets_gateway(lab: Lab):
+    on_node1(lab, "ip", "addr", "add", "10.250.9.1/24", "dev", "cni0")
+    try:
+        (found,) = problems(lab, "bridge")
+        assert found.startswith("bridge-address: cni0 has 10.250.9.1/24, outside this node's")
+    finally:
+        on_node1(lab, "ip", "addr", "del", "10.250.9.1/24", "dev", "cni0")
+    assert problems(lab, "bridge") == []
+
+
+def test_an_mtu_larger_than_the_pods(lab: Lab):
+    before = on_node1(lab, "cat", "/sys/class/net/cni0/mtu").strip()
+    on_node1(lab, "ip", "link", "set", "cni0", "mtu", "1500")
+    try:
+        (found,) = problems(lab, "mtu")
+        assert found.startswith("mtu: larger than the pods' MTU 1450: cni0 1500")
+    finally:
+        on_node1(lab, "ip", "link", "set", "cni0", "mtu", before)
+    assert problems(lab, "mtu") == []
+
+
+def test_forwarding_off_a_forward_drop_and_two_iptables_backends(lab: Lab):
+    on_node1(lab, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+    on_node1(lab, "iptables-legacy", "-A", "FORWARD", "-m", "comment", "--comment",
+             "doctor-test", "-j", "ACCEPT")
+    try:
+        found = problems(lab, "forwarding")
+        assert [f.split(":")[0] for f in found] == ["ip-forward", "iptables-split"]
+    finally:
+        on_node1(lab, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        on_node1(lab, "iptables-legacy", "-D", "FORWARD", "-m", "comment", "--comment",
+                 "doctor-test", "-j", "ACCEPT")
+    assert problems(lab, "forwarding") == []
+
+
+def test_a_foreign_config_first_and_a_leaked_reservation(lab: Lab):
+    on_node1(lab, "sh", "-c", "echo '{\"cniVersion\":\"1.0.0\",\"name\":\"other\",\"plugins\":"
+             "[{\"type\":\"bridge\"}]}' > /etc/cni/net.d/00-other.conflist")
+    on_node1(lab, "touch", "/var/lib/cni/networks/tartan-lab/10.244.1.250")
+    try:
+        assert problems(lab, "cni-config") == [
+            "cni-config: 00-other.conflist sorts before Tartan's config (10-tartan.conflist)"]
+        (leak,) = problems(lab, "reservations")
+        assert leak.startswith("ipam-leak: 1 address(es) reserved in "
+                               "/var/lib/cni/networks/tartan-lab with no pod holding them: "
+                               "10.244.1.250")
+    finally:
+        on_node1(lab, "rm", "-f", "/etc/cni/net.d/00-other.conflist",
+                 "/var/lib/cni/networks/tartan-lab/10.244.1.250")
+    assert problems(lab, "cni-config") == problems(lab, "reservations") == []
+
+
+def test_tartand_stopped_and_a_route_without_a_lease(lab: Lab):
+    """With tartand stopped (it removes such a route at its next reconcile)."""
+    lab_agents.stop_agent(lab.load().node("node1"))  # type: ignore[arg-type]
+    try:
+        assert problems(lab, "tartand") == ["tartand: tartand is not running on this node"]
+        on_node1(lab, "ip", "route", "add", "10.244.250.0/24", "via", "198.18.1.1", "proto",
+                 "152")
+        assert problems(lab, "lease") == [
+            "routes: route to 10.244.250.0/24 (proto 152) but no node holds a lease for it"]
+    finally:
+        lab.restart("node1")
+    eventually(lambda: problems(lab, "lease") == [], timeout=20,
+               what="tartand to remove the route without a lease")
+    assert problems(lab, "tartand") == []
+
+
+def test_policy_in_force_with_bridged_traffic_past_iptables(lab: Lab):
+    deny = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "default", "name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+    applied = ctl(lab, "apply", "-f", "-", text=yaml.safe_dump(deny))
+    assert applied.returncode == 0, applied.stderr
+    try:
+        assert problems(lab, "bridge-netfilter") == []
+        on_node1(lab, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
+        (found,) = problems(lab, "bridge-netfilter")
+        assert found == ("bridge-netfilter: bridge-nf-call-iptables is 0 while NetworkPolicy "
+                         "isolates pods here")
+    finally:
+        on_node1(lab, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+        ctl(lab, "delete", "-f", "-", text=yaml.safe_dump(deny))
+    assert problems(lab, "bridge-netfilter") == []
