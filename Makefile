@@ -37,7 +37,7 @@ $(STAMPS)/venv: pyproject.toml
 	"$(PYTHON_BASE)" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "pyroute2>=0.9.7,<0.10" "etcd3>=0.12,<0.13" "prometheus-client>=0.20" \
-		"pyyaml>=6,<7" "pytest>=8" "ruff>=0.6" "mypy==2.4.1" "import-linter==2.17" \
+		"pyyaml>=6,<7" "scapy>=2.5,<3" "pytest>=8" "ruff>=0.6" "mypy==2.4.1" "import-linter==2.17" \
 		"types-PyYAML"
 	@touch $@
 
