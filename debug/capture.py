@@ -20,8 +20,10 @@ import contextlib
 import ctypes
 import os
 import select
+import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +142,8 @@ class Capture:
                  if seen.timestamp_ns > pending[-1].timestamp_ns - REORDER_NS), len(pending))
             out, pending = pending[:cut], pending[cut:]
             yield from out
+        # what the sockets still hold was seen before the end (a deadline, Ctrl-C)
+        pending += [seen for sock, hop in self.sockets.values() for seen in self._drain(sock, hop)]
         yield from sorted(pending, key=path_order)
 
     def _drain(self, sock: socket.socket, hop: Hop, limit: int = 256) -> Iterator[Seen]:
@@ -205,9 +209,14 @@ def run(hops: Sequence[Hop], expression: str, out: Callable[[str], None],
     capture = Capture(hops, expression)
     ready()  # every socket listens from here on
     deadline = time.monotonic() + duration if duration > 0 else None
+    interrupted = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C ends the loop between packets, so none of those already seen is lost
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
 
     def done() -> bool:
-        return bool((count and summary.packets >= count)
+        return bool(interrupted.is_set() or (count and summary.packets >= count)
                     or (deadline is not None and time.monotonic() >= deadline))
 
     try:
@@ -227,6 +236,8 @@ def run(hops: Sequence[Hop], expression: str, out: Callable[[str], None],
     except KeyboardInterrupt:
         pass  # Ctrl-C: what was captured is written; the summary follows
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         summary.dropped = {label: n for label, n in capture.drops().items() if n}
         capture.close()
         if stream is not None:

@@ -176,3 +176,53 @@ def pod_netns(args: argparse.Namespace) -> str:
                 return path
     raise ValueError(f"no network namespace in {', '.join(map(str, RUNTIME_NETNS_DIRS))} holds "
                      f"{', '.join(sorted(wanted))} (pod {key}); give --netns")
+
+
+# -- trace, in the lab ----------------------------------------------------------------------
+
+
+def add_trace_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="NS/POD")
+    p.add_argument("dst", metavar="NS/POD|IP")
+    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--protocol", choices=("tcp", "udp", "icmp"), default="tcp")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+
+def cmd_lab_trace(lab: Lab, args: argparse.Namespace) -> int:
+    import json
+
+    from tartan.debug import trace
+
+    state = lab.load()
+    src = find(state, args.src)
+    dst = find(state, args.dst) if "/" in args.dst else None
+    dst_ip = dst.ip if dst else str(ipaddress.ip_address(args.dst))
+    here = state.node(src.node)
+    assert here is not None
+    try:
+        src_hops = capture_hops.pod_hops(here.name, netns_path(here.netns), src.key,
+                                         netns_path(src.netns), towards=dst_ip)
+        nodes = [(here.name, netns_path(here.netns))]
+        dst_hops: list[Hop] = []
+        if dst is not None:
+            there = state.node(dst.node)
+            assert there is not None
+            dst_hops = capture_hops.pod_hops(there.name, netns_path(there.netns), dst.key,
+                                             netns_path(dst.netns), towards=src.ip)
+            if there.name == here.name:  # one node: the bridge takes it from veth to veth
+                src_hops = [h for h in src_hops if h.name in ("pod", "veth")]
+                dst_hops = [h for h in dst_hops if h.name in ("pod", "veth")]
+            else:
+                nodes.append((there.name, netns_path(there.netns)))
+        probe = trace.new_probe(src.ip, dst_ip, args.protocol, args.port)
+        port = "" if args.protocol == "icmp" else f" port {args.port}"
+        flow = (f"{src.key} -> {dst.key if dst else dst_ip} {args.protocol}{port} "
+                f"(probe from {src.ip}"
+                f"{'' if args.protocol == 'icmp' else ':' + str(probe.source_port)})")
+        result = trace.run(netns_path(src.netns), probe, src_hops, dst_hops, nodes, flow)
+    except (HopError, Gone, OSError, TartanError) as exc:
+        raise LabError(str(exc)) from None
+    sys.stdout.write(json.dumps(result.json(), indent=2) + "\n" if args.output == "json"
+                     else trace.render(result))
+    return 0 if result.delivered else 1

@@ -107,6 +107,9 @@ def cmd_demo(lab: Lab, args: argparse.Namespace) -> int:
         say("---- tartanctl lab ping-matrix")
         ok = views.ping_matrix(lab, say)
         ok = lab_demo.show(lab, say) and ok
+        ok = lab_demo.show_trace(lab, say) and ok
+        ok = lab_demo.show_capture(lab, say) and ok
+        ok = lab_demo.show_doctor(lab, say) and ok
     except LabError as exc:
         error(args, exc)
     finally:
@@ -125,9 +128,11 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "join": (cmd_join, "add one node (with its pods)"),
     "leave": (cmd_leave, "remove one node: tartand, pods, lease, namespaces"),
     "restart": (cmd_restart, "restart one node's tartand (its datapath stays)"),
-    "demo": (cmd_demo, "up, status, ping-matrix, a policy applied and probed, then always "
-                       "down"),
+    "demo": (cmd_demo, "up, status, ping-matrix, a policy applied and probed and traced, a "
+                       "capture, doctor, then always down"),
     "doctor": (cmd_doctor, "run tartanctl doctor on one node (its namespaces and store)"),
+    "trace": (capture_cli.cmd_lab_trace, "follow one probe hop by hop: delivered, or where "
+              "it vanished and why (the rule, the policy)"),
     **lab_policy_cli.COMMANDS,
     "capture": (capture_cli.cmd_lab_capture, "capture a pod's packets on every hop of its "
                 "path (and its peer's), VXLAN decoded"),
@@ -155,6 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         lab_policy_cli.add_flags(name, p)
         if name == "capture":
             capture_cli.add_flags(p)
+        if name == "trace":
+            capture_cli.add_trace_flags(p)
         p.set_defaults(run=run, handler=handler)
 
 

@@ -1,14 +1,20 @@
-"""What `tartanctl lab demo` (and so `make demo`) shows of NetworkPolicy, after the ping
-matrix: pods with real listeners in two namespaces, probed before and after a policy that
-admits only one namespace on one port, each matrix checked against `policy explain`."""
+"""What `tartanctl lab demo` (and so `make demo`) shows after the ping matrix: NetworkPolicy
+(pods with real listeners in two namespaces, probed before and after a policy that admits
+only one namespace on one port, each matrix checked against `policy explain`), two probes
+traced (one delivered, one denied by that policy), a ping captured at every hop of its path,
+and doctor on a healthy node."""
 
 from __future__ import annotations
 
+import argparse
 import io
+import subprocess
+import threading
 from collections.abc import Callable
 
-from tartan.debug import lab_objects, lab_policy_cli
+from tartan.debug import lab_agents, lab_objects, lab_policy_cli, lab_store
 from tartan.debug.lab import Lab
+from tartan.debug.lab_sys import in_node
 from tartan.netpol.model import Protocol
 
 WORKLOADS = """\
@@ -64,3 +70,53 @@ def show(lab: Lab, say: Callable[[str], None]) -> bool:
             say(line)
         ok &= matrix.ok
     return ok
+
+
+def show_capture(lab: Lab, say: Callable[[str], None]) -> bool:
+    """One ping from a pod of node1 to a pod of node2, seen at every hop of its path."""
+    from tartan.debug import capture, capture_cli, capture_hops
+
+    state = lab.load()
+    src, dst = state.pods_of("node1")[0], state.pods_of("node2")[0]
+    hops = capture_cli.lab_hops(lab, argparse.Namespace(pod=src.key, to=dst.key,
+                                                        hops=capture_hops.HOPS))
+    say(f"---- tartanctl lab capture {src.key} --to {dst.key} --count {2 * len(hops)} icmp  "
+        f"(and one ping from {src.key})")
+
+    def ping() -> None:
+        threading.Thread(target=subprocess.run, daemon=True, args=(
+            ["ip", "netns", "exec", src.netns, "ping", "-c", "1", "-W", "2", dst.ip],),
+            kwargs={"capture_output": True}).start()
+
+    summary = capture.run(hops, "icmp", lambda line: say(f"  {line}"), count=2 * len(hops),
+                          duration=10, ready=ping)
+    say(f"capture: {summary.packets} packet(s) on {len(hops)} hop(s)")
+    return summary.packets == 2 * len(hops)
+
+
+def show_doctor(lab: Lab, say: Callable[[str], None]) -> bool:
+    """`tartanctl doctor` on node1: a healthy node has no problem."""
+    state = lab.load()
+    node = state.node("node1")
+    assert node is not None
+    say("---- tartanctl lab doctor node1")
+    argv = [str(lab_agents.VENV_BIN / "tartanctl"), "doctor",
+            *lab_store.tartand_store_args(state.store, lab.dir)]
+    run = subprocess.run(in_node(node.holder_pid, argv), capture_output=True, text=True,
+                         check=False, timeout=60)
+    for line in run.stdout.splitlines():
+        say(f"  {line}")
+    return run.returncode == 0
+
+
+def show_trace(lab: Lab, say: Callable[[str], None]) -> bool:
+    """Two probes to shop/web under the demo's policy: one from the office, delivered; one
+    from shop/cart, denied, with the policy that denied it."""
+    from tartan.debug import capture_cli
+
+    codes = []
+    for src in ("office/laptop", "shop/cart"):
+        say(f"---- tartanctl lab trace {src} shop/web --port 80")
+        codes.append(capture_cli.cmd_lab_trace(lab, argparse.Namespace(
+            src=src, dst="shop/web", port=80, protocol="tcp", output="text")))
+    return codes == [0, 1]
