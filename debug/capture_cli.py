@@ -32,6 +32,7 @@ from tartan.debug.lab_probe import find
 from tartan.debug.lab_sys import LabError, netns_path
 from tartan.debug.node import RUNTIME_NETNS_DIRS, runtime_namespaces
 from tartan.kernel.errors import Gone, TartanError
+from tartan.kernel.netns import netlink
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -101,8 +102,9 @@ def lab_hops(lab: Lab, args: argparse.Namespace) -> list[Hop]:
         assert far is not None
         there = capture_hops.pod_hops(far.name, netns_path(far.netns), dst.key,
                                       netns_path(dst.netns), towards=src.ip, wanted=args.hops)
-        same_node = far.name == node.name
-        hops += [hop for hop in reversed(there) if not same_node or hop.name in ("pod", "veth")]
+        if far.name == node.name:
+            there = capture_hops.of_second_pod(there, dst.key)
+        hops += list(reversed(there))
     return hops
 
 
@@ -127,6 +129,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-name", default=os.uname().nodename, help="this node's name")
     add_store_flags(p)
     p.set_defaults(run=run)
+    t = sub.add_parser("trace", help="follow one probe from a pod hop by hop on this node: "
+                       "delivered, or where it vanished and why (the rule, the policy)")
+    add_trace_flags(t)
+    t.add_argument("--node-name", default=os.uname().nodename, help="this node's name")
+    add_store_flags(t)
+    t.set_defaults(run=run_trace)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,20 +159,22 @@ def _address(text: str | None) -> str | None:
 
 def pod_netns(args: argparse.Namespace) -> str:
     """The namespace holding the pod's recorded address, among the runtimes' ones."""
-    from tartan.backends.agent import open_store
-    from tartan.kernel.netns import netlink
-
-    store = open_store(args)
-    try:
-        records = store.list_objects()[0]["podips"]
-    finally:
-        store.close()
+    records = _records(args)
     key = args.pod if "/" in args.pod else f"default/{args.pod}"
     record = records.get(key)
     if not record:
         raise ValueError(f"no record of pod {key} in the store (is it on a Tartan node, "
                          "created by kubelet?); give --netns")
     wanted = {str(ip) for ip in record.get("ips", [])}
+    found = holding(wanted)
+    if found is None:
+        raise ValueError(f"no network namespace in {', '.join(map(str, RUNTIME_NETNS_DIRS))} "
+                         f"holds {', '.join(sorted(wanted))} (pod {key}); give --netns")
+    return found
+
+
+def holding(addresses: set[str]) -> str | None:
+    """The runtime namespace that has one of `addresses`."""
     for path in runtime_namespaces():
         with contextlib.suppress(OSError, TartanError, Gone):
             ipr = netlink(path)
@@ -172,10 +182,9 @@ def pod_netns(args: argparse.Namespace) -> str:
                 held = {str(a.get("IFA_ADDRESS")) for a in ipr.get_addr()}
             finally:
                 ipr.close()
-            if held & wanted:
+            if held & addresses:
                 return path
-    raise ValueError(f"no network namespace in {', '.join(map(str, RUNTIME_NETNS_DIRS))} holds "
-                     f"{', '.join(sorted(wanted))} (pod {key}); give --netns")
+    return None
 
 
 # -- trace, in the lab ----------------------------------------------------------------------
@@ -212,7 +221,7 @@ def cmd_lab_trace(lab: Lab, args: argparse.Namespace) -> int:
                                              netns_path(dst.netns), towards=src.ip)
             if there.name == here.name:  # one node: the bridge takes it from veth to veth
                 src_hops = [h for h in src_hops if h.name in ("pod", "veth")]
-                dst_hops = [h for h in dst_hops if h.name in ("pod", "veth")]
+                dst_hops = capture_hops.of_second_pod(dst_hops, dst.key)
             else:
                 nodes.append((there.name, netns_path(there.netns)))
         probe = trace.new_probe(src.ip, dst_ip, args.protocol, args.port)
@@ -226,3 +235,68 @@ def cmd_lab_trace(lab: Lab, args: argparse.Namespace) -> int:
     sys.stdout.write(json.dumps(result.json(), indent=2) + "\n" if args.output == "json"
                      else trace.render(result))
     return 0 if result.delivered else 1
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    """`tartanctl trace` on a node: the source pod's hops here, and the destination's when
+    it is a pod of this node (else the probe is followed until it leaves the node)."""
+    import json
+
+    from tartan.debug import trace
+
+    here = "/proc/self/ns/net"
+    try:
+        records = _records(args)
+        src_ip, src_netns = _local_pod(records, args.src)
+        if "/" in args.dst:
+            dst_key = args.dst
+            record = records.get(dst_key) or {}
+            if not record.get("ips"):
+                raise ValueError(f"no record of pod {dst_key} in the store")
+            dst_ip = str(record["ips"][0])
+        else:
+            dst_key, dst_ip = args.dst, str(ipaddress.ip_address(args.dst))
+        src_hops = capture_hops.pod_hops(args.node_name, None, args.src, src_netns,
+                                         towards=dst_ip)
+        dst_hops: list[Hop] = []
+        if "/" in args.dst and records[dst_key].get("node") == args.node_name:
+            _, dst_netns = _local_pod(records, dst_key)
+            src_hops = [h for h in src_hops if h.name in ("pod", "veth")]
+            dst_hops = capture_hops.of_second_pod(capture_hops.pod_hops(
+                args.node_name, None, dst_key, dst_netns, towards=src_ip), dst_key)
+        probe = trace.new_probe(src_ip, dst_ip, args.protocol, args.port)
+        flow = f"{args.src} -> {dst_key} {args.protocol}" + (
+            "" if args.protocol == "icmp" else f" port {args.port}")
+        result = trace.run(src_netns, probe, src_hops, dst_hops, [(args.node_name, here)], flow)
+        if not dst_hops and result.outcome in ("connected", "answered"):
+            result.delivered = True  # it left this node and was answered
+    except (TartanError, Gone, OSError, ValueError) as exc:
+        print(f"tartanctl trace: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(json.dumps(result.json(), indent=2) + "\n" if args.output == "json"
+                     else trace.render(result))
+    return 0 if result.delivered else 1
+
+
+def _records(args: argparse.Namespace) -> dict:
+    from tartan.backends.agent import open_store
+
+    store = open_store(args)
+    try:
+        return dict(store.list_objects()[0]["podips"])
+    finally:
+        store.close()
+
+
+def _local_pod(records: dict, key: str) -> tuple[str, str]:
+    """(address, namespace path) of a pod of this node, from its record."""
+    record = records.get(key)
+    if not record or not record.get("ips"):
+        raise ValueError(f"no record of pod {key} in the store (is it on a Tartan node, "
+                         "created by kubelet?)")
+    wanted = {str(ip) for ip in record["ips"]}
+    found = holding(wanted)
+    if found is not None:
+        return sorted(wanted)[0], found
+    raise ValueError(f"pod {key} ({', '.join(sorted(wanted))}) is not on this node: no "
+                     "network namespace here holds its address")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,11 +39,18 @@ class Hop:
     ifname: str
     description: str
     vxlan_port: int = 0  # the tunnel's UDP port, on the hops that carry VXLAN
+    pod: str = ""  # set on a second pod's hops of one node, to tell them apart
 
     @property
     def label(self) -> str:
-        """As the pcapng interface is named: `node1/veth`."""
-        return f"{self.node}/{self.name}"
+        """As the pcapng interface is named: `node1/veth` (`node1/veth(x/b)` for the second
+        pod of a path within one node)."""
+        return f"{self.node}/{self.name}" + (f"({self.pod})" if self.pod else "")
+
+
+def of_second_pod(hops: list[Hop], pod: str) -> list[Hop]:
+    """The pod and veth hops of a path's other pod on the same node, labelled apart."""
+    return [dataclasses.replace(h, pod=pod) for h in hops if h.name in ("pod", "veth")]
 
 
 def parse_hops(text: str) -> tuple[str, ...]:

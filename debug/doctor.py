@@ -33,7 +33,7 @@ from tartan.debug.node import (
     find_network,
     runtime_namespaces,
 )
-from tartan.kernel import addr, link, route
+from tartan.kernel import addr, link, neigh, route
 from tartan.kernel.errors import TartanError
 from tartan.kernel.iptables import BACKENDS, Iptables, LiveTable
 
@@ -116,6 +116,40 @@ def check_lease(node: Node, ipr: IPRoute) -> Iterator[Finding]:
                           "tartand renews leases long before they end: it is not renewing",
                           "check that tartand runs and reaches the store")
     yield from _routes_without_lease(ipr, {str(lease.subnet) for lease in leases}, subnet)
+    yield from _vxlan_entries(ipr, [lease for lease in leases if lease.subnet != subnet])
+
+
+def _vxlan_entries(ipr: IPRoute, peers: list[Any]) -> Iterator[Finding]:
+    """The neighbour and FDB entries of the VXLAN device against the peers' leases (the
+    peers routed through the device: DirectRouting sends same-segment peers around it)."""
+    device = next((li for li in link.all_links(ipr)
+                   if li.kind == "vxlan" and li.name.startswith("tartan.")), None)
+    if device is None:
+        return
+    via_device = {r.dst for r in route.by_protocol(ipr, PROTO_TARTAN, socket.AF_INET)
+                  if r.oif == device.index}
+    wanted_neigh, wanted_fdb = set(), set()
+    for peer in peers:
+        mac = str(peer.attrs.backend_data.get("VtepMAC") or "").lower()
+        if peer.attrs.backend_type == "vxlan" and mac and str(peer.subnet) in via_device:
+            wanted_neigh.add(neigh.Neighbour(str(peer.subnet.network_address), mac))
+            wanted_fdb.add(neigh.FdbEntry(mac, peer.attrs.public_ip))
+    live_neigh = set(neigh.permanent_neighbours(ipr, device.index))
+    live_fdb = set(neigh.remote_fdb(ipr, device.index))
+    missing = sorted(f"neighbour {e.ip} lladdr {e.mac}" for e in wanted_neigh - live_neigh)
+    missing += sorted(f"fdb {e.mac} dst {e.dst}" for e in wanted_fdb - live_fdb)
+    stale = sorted(f"neighbour {e.ip} lladdr {e.mac}" for e in live_neigh - wanted_neigh)
+    stale += sorted(f"fdb {e.mac} dst {e.dst}" for e in live_fdb - wanted_fdb)
+    if missing:
+        yield Finding("vxlan-peers", f"{device.name} lacks entries for leased peers: "
+                      f"{'; '.join(missing)}", "packets to those peers' pods find no VTEP: "
+                      "they are dropped or flooded nowhere",
+                      "restart tartand (its reconcile writes them); check its log for errors")
+    if stale:
+        yield Finding("vxlan-peers", f"{device.name} has entries no lease explains: "
+                      f"{'; '.join(stale)}", "a peer left or changed its VTEP, and the old "
+                      "entry sends its traffic to the wrong node",
+                      "restart tartand (its reconcile removes them)")
 
 
 def _routes_without_lease(ipr: IPRoute, leased: set[str], own: Any) -> Iterator[Finding]:

@@ -19,6 +19,7 @@ Tracing needs the nf_tables backend (iptables-nft and xtables-monitor).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 import re
 import socket
@@ -28,12 +29,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
+from tartan.backends.routes import PROTO_TARTAN
 from tartan.debug import capture
 from tartan.debug.capture_decode import inner_frame
 from tartan.debug.capture_hops import Hop
+from tartan.kernel import addr, link, route
 from tartan.kernel.errors import TartanError
 from tartan.kernel.iptables import Chain, Iptables, Rule, Table
-from tartan.kernel.netns import entered
+from tartan.kernel.netns import entered, netlink
 
 TRACE_CHAIN = "TARTAN-TRACE"
 SETTLE = 1.5  # seconds the probe may take (one retransmission of a SYN is at 1 s)
@@ -241,7 +244,36 @@ def run(src_netns: str, probe: Probe, src_hops: Sequence[Hop], dst_hops: Sequenc
         time.sleep(SETTLE if outcome not in ("connected", "answered") else 0.3)
         done.set()
         listener.join(10)
-    return judge(flow, expected_path(src_hops, dst_hops), seen, events, outcome)
+    result = judge(flow, expected_path(src_hops, dst_hops), seen, events, outcome)
+    if not result.delivered and not result.rule:
+        explain_vanishing(result, dict(nodes), probe.dst_ip)
+    return result
+
+
+def explain_vanishing(result: Result, nodes: dict[str, str], dst_ip: str) -> None:
+    """No rule dropped it: what the source's node shows. Without a route of tartand's to
+    the destination's subnet the probe went by the default route (if any), unencapsulated,
+    and the underlay could not deliver it."""
+    node = result.steps[0].hop.split("/")[0] if result.steps else ""
+    netns = nodes.get(node)
+    if netns is None:
+        return
+    address = ipaddress.ip_address(dst_ip)
+    ipr = netlink(netns)
+    try:
+        tartans = route.by_protocol(ipr, PROTO_TARTAN, socket.AF_INET)
+        routed = route.output_device(ipr, dst_ip)
+        bridged = any(address in ipaddress.ip_network(f"{a.ip}/{a.network.prefixlen}",
+                                                      strict=False)
+                      for li in link.all_links(ipr) if li.kind == "bridge"
+                      for a in addr.list_(ipr, li.index, 4))
+    finally:
+        ipr.close()
+    if bridged or any(address in spec.network for spec in tartans):
+        return
+    how = "it left by the default route, unencapsulated" if routed else "nothing routes it"
+    result.cause = (f"{node} has no route to {dst_ip}'s pod subnet ({how}): its tartand did "
+                    f"not program the peer (is it running? `tartanctl lab doctor {node}`)")
 
 
 def _forward(frame: bytes, probe: Probe) -> bool:

@@ -62,3 +62,50 @@ def test_a_namespace_that_is_not_there_is_one_line(tmp_path: Path):
     assert run.returncode == 1
     assert run.stderr.splitlines() == [
         f"tartanctl capture: network namespace {tmp_path / 'nope'} does not exist"]
+
+
+def test_trace_on_a_node_delivered_then_dropped_by_another_components_rule(bridge_net,
+                                                                           tmp_path: Path):
+    """Two pods of one node (bridged: br_netfilter on, so FORWARD sees them), one listening:
+    delivered; then a foreign FORWARD DROP is named; no trace rule stays."""
+    import json as json_
+
+    from tartan.kernel.netns import entered
+    from tartan.netpol.enforcer import ensure_bridge_netfilter
+
+    from netpol_kit import LISTENER
+
+    a, b = bridge_net.add(), bridge_net.add()
+    with entered(bridge_net.host.path):
+        ensure_bridge_netfilter()
+    db = tmp_path / "leases.db"
+    store = SqliteLeaseStore(db)
+    for key, pod in (("x/a", a), ("x/b", b)):
+        store.put_object("podips", key, {"ips": [pod.address], "node": "node1",
+                                         "containerID": pod.container_id})
+    store.close()
+    server = subprocess.Popen(in_netns(b.ns.name, [sys.executable, "-c", LISTENER]),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        argv = in_netns(bridge_net.host.name, [TARTANCTL, "trace", "x/a", "x/b", "--node-name",
+                                               "node1", "--store", f"sqlite:{db}", "-o",
+                                               "json"])
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        result = json_.loads(run.stdout)
+        assert run.returncode == 0, {k: v for k, v in result.items() if k != "events"}
+        assert result["delivered"] and result["outcome"] == "connected"
+        assert [s["hop"] for s in result["steps"]] == ["node1/pod", "node1/veth",
+                                                       "node1/veth(x/b)", "node1/pod(x/b)"]
+        rule = ("FORWARD", "-d", f"{b.address}/32", "-m", "comment", "--comment", "firewall",
+                "-j", "DROP")
+        bridge_net.host.run("iptables", "-I", *rule)
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1, run.stderr
+        result = json_.loads(run.stdout)
+        assert result["cause"] == "dropped by a rule of another component (FORWARD)"
+        assert "firewall" in result["rule"] and result["where"] == "node1/veth"
+        assert "TARTAN-TRACE" not in bridge_net.host.iptables_save("raw")
+    finally:
+        server.kill()
+        server.wait()

@@ -143,3 +143,23 @@ def test_policy_in_force_with_bridged_traffic_past_iptables(lab: Lab):
         on_node1(lab, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
         ctl(lab, "delete", "-f", "-", text=yaml.safe_dump(deny))
     assert problems(lab, "bridge-netfilter") == []
+
+
+def test_vxlan_entries_missing_or_stale_against_the_leases(lab: Lab):
+    lab_agents.stop_agent(lab.load().node("node1"))  # type: ignore[arg-type]
+    try:
+        fdb = on_node1(lab, "bridge", "fdb", "show", "dev", "tartan.1")
+        mac, dst = next((line.split()[0], line.split()[line.split().index("dst") + 1])
+                        for line in fdb.splitlines() if " dst " in line)
+        on_node1(lab, "bridge", "fdb", "del", mac, "dev", "tartan.1", "dst", dst)
+        on_node1(lab, "ip", "neigh", "replace", "10.244.250.0", "lladdr", "02:00:00:00:00:01",
+                 "dev", "tartan.1", "nud", "permanent")
+        found = problems(lab, "lease")
+        assert found == [
+            f"vxlan-peers: tartan.1 lacks entries for leased peers: fdb {mac} dst {dst}",
+            "vxlan-peers: tartan.1 has entries no lease explains: neighbour 10.244.250.0 "
+            "lladdr 02:00:00:00:00:01"]
+    finally:
+        lab.restart("node1")
+    eventually(lambda: problems(lab, "lease") == [], timeout=20,
+               what="tartand to repair the VXLAN entries")

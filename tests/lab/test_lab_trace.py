@@ -122,3 +122,26 @@ def test_ctrl_c_leaves_no_trace_rule(lab: Lab):
     finally:
         ctl(lab, "delete", "-f", "-", text=yaml.safe_dump(deny))
     assert no_trace_rules_left(lab)
+
+
+def test_a_missing_route_is_named(lab: Lab):
+    """node1's tartand stopped (it would put the route back) and its route to node2's pods
+    deleted: the probe leaves the pod and the node has nowhere to send it."""
+    from tartan.debug import lab_agents
+
+    state = lab.load()
+    node1 = state.node("node1")
+    assert node1 is not None
+    b_ip = next(p.ip for p in state.pods if p.key == "x/b")
+    lab_agents.stop_agent(node1)
+    try:
+        routes = subprocess.run(in_netns(node1.netns, ["ip", "route", "show", "proto", "152"]),
+                                capture_output=True, text=True, check=True).stdout
+        subnet = next(line.split()[0] for line in routes.splitlines()
+                      if b_ip.rsplit(".", 1)[0] + "." in line.split()[0])
+        on(lab, node1.netns, "ip", "route", "del", subnet)
+        code, result = trace(lab)
+        assert code == 1 and result["cause"].startswith(
+            f"node1 has no route to {b_ip}'s pod subnet (it left by the default route")
+    finally:
+        lab.restart("node1")
