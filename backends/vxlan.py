@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,6 +93,15 @@ class Peers:
         self.neighbours: list[Neighbour] = []
         self.fdb: list[FdbEntry] = []
         self.states: list[PeerState] = []
+
+
+def vxlan_entries(peers: Iterable[Lease], device: int) -> Peers:
+    """What the kernel holds for peers reached through the VXLAN device `device`: a route,
+    a neighbour and an FDB entry each (doctor compares the kernel with it)."""
+    wanted = Peers()
+    for peer in peers:
+        _vxlan_peer(peer, device, wanted)
+    return wanted
 
 
 def _vxlan_peer(peer: Lease, device: int, wanted: Peers) -> None:

@@ -94,6 +94,8 @@ def lab_hops(lab: Lab, args: argparse.Namespace) -> list[Hop]:
     node = state.node(src.node)
     assert node is not None
     dst = find(state, args.to) if args.to and "/" in args.to else None
+    if args.to and dst is None and _address(args.to) is None:
+        raise LabError(f"--to {args.to!r} is neither a pod (NS/POD) nor an IP address")
     towards = dst.ip if dst else args.to
     hops = capture_hops.pod_hops(node.name, netns_path(node.netns), src.key,
                                  netns_path(src.netns), towards=towards, wanted=args.hops)
@@ -111,7 +113,7 @@ def lab_hops(lab: Lab, args: argparse.Namespace) -> list[Hop]:
 def cmd_lab_capture(lab: Lab, args: argparse.Namespace) -> int:
     try:
         return _capture(lab_hops(lab, args), args)
-    except (bpf.FilterError, HopError, Gone, OSError) as exc:
+    except (bpf.FilterError, TartanError, Gone, OSError, ValueError) as exc:
         raise LabError(str(exc)) from None
 
 
@@ -206,7 +208,10 @@ def cmd_lab_trace(lab: Lab, args: argparse.Namespace) -> int:
     state = lab.load()
     src = find(state, args.src)
     dst = find(state, args.dst) if "/" in args.dst else None
-    dst_ip = dst.ip if dst else str(ipaddress.ip_address(args.dst))
+    try:
+        dst_ip = dst.ip if dst else str(ipaddress.ip_address(args.dst))
+    except ValueError:
+        raise LabError(f"{args.dst!r} is neither a pod (NS/POD) nor an IP address") from None
     here = state.node(src.node)
     assert here is not None
     try:

@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 
 from tartan.backends.masq import FORWARD_CHAIN
 from tartan.backends.routes import PROTO_TARTAN
+from tartan.backends.vxlan import vxlan_entries
 from tartan.cni import subnet_env
 from tartan.debug.node import (
     CNI_CONF_DIR,
@@ -128,12 +129,8 @@ def _vxlan_entries(ipr: IPRoute, peers: list[Any]) -> Iterator[Finding]:
         return
     via_device = {r.dst for r in route.by_protocol(ipr, PROTO_TARTAN, socket.AF_INET)
                   if r.oif == device.index}
-    wanted_neigh, wanted_fdb = set(), set()
-    for peer in peers:
-        mac = str(peer.attrs.backend_data.get("VtepMAC") or "").lower()
-        if peer.attrs.backend_type == "vxlan" and mac and str(peer.subnet) in via_device:
-            wanted_neigh.add(neigh.Neighbour(str(peer.subnet.network_address), mac))
-            wanted_fdb.add(neigh.FdbEntry(mac, peer.attrs.public_ip))
+    wanted = vxlan_entries([p for p in peers if str(p.subnet) in via_device], device.index)
+    wanted_neigh, wanted_fdb = set(wanted.neighbours), set(wanted.fdb)
     live_neigh = set(neigh.permanent_neighbours(ipr, device.index))
     live_fdb = set(neigh.remote_fdb(ipr, device.index))
     missing = sorted(f"neighbour {e.ip} lladdr {e.mac}" for e in wanted_neigh - live_neigh)

@@ -145,3 +145,13 @@ def test_a_missing_route_is_named(lab: Lab):
             f"node1 has no route to {b_ip}'s pod subnet (it left by the default route")
     finally:
         lab.restart("node1")
+
+
+def test_a_destination_that_is_neither_pod_nor_address_is_one_line(lab: Lab):
+    run = ctl(lab, "trace", "x/a", "nonsense")
+    assert run.returncode == 1 and run.stderr.splitlines() == [
+        "tartanctl lab trace: error: 'nonsense' is neither a pod (NS/POD) nor an IP address"]
+    capture = ctl(lab, "capture", "x/a", "--to", "999.1.1.1", "--count", "1")
+    assert capture.returncode == 1 and capture.stderr.splitlines() == [
+        "tartanctl lab capture: error: --to '999.1.1.1' is neither a pod (NS/POD) nor an IP "
+        "address"]
