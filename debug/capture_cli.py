@@ -197,6 +197,9 @@ def add_trace_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("dst", metavar="NS/POD|IP")
     p.add_argument("--port", type=int, default=80)
     p.add_argument("--protocol", choices=("tcp", "udp", "icmp"), default="tcp")
+    p.add_argument("--size", type=int, default=0, metavar="BYTES",
+                   help="the probe's IP packet length, sent with DF set (udp, icmp): finds "
+                        "MTU trouble")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
 
@@ -229,11 +232,12 @@ def cmd_lab_trace(lab: Lab, args: argparse.Namespace) -> int:
                 dst_hops = capture_hops.of_second_pod(dst_hops, dst.key)
             else:
                 nodes.append((there.name, netns_path(there.netns)))
-        probe = trace.new_probe(src.ip, dst_ip, args.protocol, args.port)
+        probe = trace.new_probe(src.ip, dst_ip, args.protocol, args.port, args.size)
         port = "" if args.protocol == "icmp" else f" port {args.port}"
         flow = (f"{src.key} -> {dst.key if dst else dst_ip} {args.protocol}{port} "
                 f"(probe from {src.ip}"
-                f"{'' if args.protocol == 'icmp' else ':' + str(probe.source_port)})")
+                f"{'' if args.protocol == 'icmp' else ':' + str(probe.source_port)}"
+                f"{f', {probe.length} bytes DF' if args.size else ''})")
         result = trace.run(netns_path(src.netns), probe, src_hops, dst_hops, nodes, flow)
     except (HopError, Gone, OSError, TartanError) as exc:
         raise LabError(str(exc)) from None
@@ -269,9 +273,10 @@ def run_trace(args: argparse.Namespace) -> int:
             src_hops = [h for h in src_hops if h.name in ("pod", "veth")]
             dst_hops = capture_hops.of_second_pod(capture_hops.pod_hops(
                 args.node_name, None, dst_key, dst_netns, towards=src_ip), dst_key)
-        probe = trace.new_probe(src_ip, dst_ip, args.protocol, args.port)
+        probe = trace.new_probe(src_ip, dst_ip, args.protocol, args.port, args.size)
         flow = f"{args.src} -> {dst_key} {args.protocol}" + (
-            "" if args.protocol == "icmp" else f" port {args.port}")
+            "" if args.protocol == "icmp" else f" port {args.port}") + (
+            f" ({probe.length} bytes DF)" if args.size else "")
         result = trace.run(src_netns, probe, src_hops, dst_hops, [(args.node_name, here)], flow)
         if not dst_hops and result.outcome in ("connected", "answered"):
             result.delivered = True  # it left this node and was answered

@@ -10,10 +10,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -22,7 +21,7 @@ from tartan.backends.routes import PROTO_TARTAN
 from tartan.backends.vxlan import DEFAULT_PORT
 from tartan.kernel import addr, link, route
 from tartan.kernel.errors import KernelFailure
-from tartan.kernel.netns import netlink
+from tartan.kernel.netns import netlink_in
 
 HOPS = ("pod", "veth", "bridge", "vxlan", "uplink")
 
@@ -60,27 +59,18 @@ def parse_hops(text: str) -> tuple[str, ...]:
     return wanted or HOPS
 
 
-@contextlib.contextmanager
-def _netlink(path: str | None) -> Iterator[IPRoute]:
-    ipr = netlink(path)
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
 def pod_hops(node: str, node_netns: str | None, pod: str, pod_netns: str,
              pod_ifname: str = "eth0", towards: str | None = None,
              wanted: Sequence[str] = HOPS) -> list[Hop]:
     """The hops of pod `pod` (namespace/name) on `node`, in the path's order, limited to
     `wanted`; `towards` (an address) picks the uplink when nothing else tells it."""
-    with _netlink(pod_netns) as ipr:
+    with netlink_in(pod_netns) as ipr:
         eth = link.get(ipr, pod_ifname)
         if eth is None:
             raise HopError(f"{pod} has no interface {pod_ifname} in {pod_netns}")
         peer = link.peer_index(ipr, eth.index)
     found = [Hop(node, "pod", pod_netns, pod_ifname, f"{pod} {pod_ifname}, in its namespace")]
-    with _netlink(node_netns) as ipr:
+    with netlink_in(node_netns) as ipr:
         if not peer:
             raise HopError(f"{pod}'s {pod_ifname} is not a veth: no host end to listen on")
         veth = link.by_index(ipr, peer)
@@ -95,7 +85,7 @@ def pod_hops(node: str, node_netns: str | None, pod: str, pod_netns: str,
 def node_hops(node: str, node_netns: str | None, towards: str | None = None,
               wanted: Sequence[str] = HOPS) -> list[Hop]:
     """The hops of the node itself (vxlan, uplink): where a pod's packets leave it."""
-    with _netlink(node_netns) as ipr:
+    with netlink_in(node_netns) as ipr:
         return [hop for hop in _node_hops(ipr, node, node_netns, towards) if hop.name in wanted]
 
 

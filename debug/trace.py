@@ -1,6 +1,6 @@
 """`tartanctl lab trace`: follow one probe from a pod, hop by hop, and say where it ended.
 
-    trace NS/POD NS/POD|IP [--port P] [--protocol tcp|udp|icmp] [-o json]
+    trace NS/POD NS/POD|IP [--port P] [--protocol tcp|udp|icmp] [--size BYTES] [-o json]
 
 The probe is sent from inside the source pod from a source port of its own, so it can be told
 apart from everything else. While it travels:
@@ -11,34 +11,39 @@ apart from everything else. While it travels:
 The path printed is the expected one (out of the source's node, into the destination's),
 each hop seen or not. The end is "delivered", or the hop after which the probe vanished and
 why: the rule that dropped it (table, chain, rule) and, for a Tartan NetworkPolicy chain,
-the policies and the direction; else what the nodes show (no route, the underlay lost it,
-strict rp_filter). The trace chain is removed at the end, also after Ctrl-C or SIGTERM.
+the policies and the direction; a chain's policy (FORWARD DROP set by another component);
+else what the nodes' kernels show (trace_causes: no route, MTU, a missing neighbour or FDB
+entry, strict rp_filter) or the underlay losing the tunnel's packets. `--size` sends a
+probe that large with DF set, to find MTU trouble. The trace chain is removed at the end,
+also after Ctrl-C or SIGTERM.
 Tracing needs the nf_tables backend (iptables-nft and xtables-monitor).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import random
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
-from tartan.backends.routes import PROTO_TARTAN
-from tartan.debug import capture
+from tartan.backends.masq import FORWARD_CHAIN
+from tartan.debug import capture, trace_causes
 from tartan.debug.capture_decode import inner_frame
 from tartan.debug.capture_hops import Hop
-from tartan.kernel import addr, link, route
 from tartan.kernel.errors import TartanError
 from tartan.kernel.iptables import Chain, Iptables, Rule, Table
-from tartan.kernel.netns import entered, netlink
+from tartan.kernel.netns import entered
 
 TRACE_CHAIN = "TARTAN-TRACE"
+PAYLOAD = b"tartan trace\n"
+IP_MTU_DISCOVER = 10  # <linux/in.h>; the socket module has it from Python 3.12
+IP_PMTUDISC_PROBE = 3  # DF set, and the path MTU the socket learnt is not applied
 SETTLE = 1.5  # seconds the probe may take (one retransmission of a SYN is at 1 s)
 _TRACE_LINE = re.compile(r"\s*TRACE: \d+ (?P<id>[0-9a-f]+) (?P<table>[^:]+):(?P<chain>[^:]+):"
                          r"(?P<kind>rule|policy|return)(?::0x[0-9a-f]+)?:?(?P<verdict>[A-Z]*)"
@@ -57,6 +62,14 @@ class Probe:
     protocol: str  # tcp, udp, icmp
     port: int
     source_port: int
+    size: int = 0  # the IP packet's length asked for (udp, icmp), sent with DF set; 0: small
+
+    @property
+    def length(self) -> int:
+        """Of the probe's IP packet: a SYN with its options, else header + payload."""
+        if self.protocol == "tcp":
+            return 60
+        return max(self.size, 28 + (56 if self.protocol == "icmp" else len(PAYLOAD)))
 
     def match(self) -> tuple[str, ...]:
         """iptables match arguments for the probe's packets, in its direction."""
@@ -175,19 +188,18 @@ def send(netns: str, probe: Probe, timeout: float = 1.0) -> str:
     """Send the probe from inside the pod: what its socket saw."""
     with entered(netns):
         if probe.protocol == "icmp":
-            run = subprocess.run(["ping", "-n", "-c", "1", "-W", str(int(timeout) or 1),
-                                  probe.dst_ip], capture_output=True, text=True, check=False)
-            return "answered" if run.returncode == 0 else "no answer"
+            return _echo(probe, timeout)
         kind = socket.SOCK_STREAM if probe.protocol == "tcp" else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, kind) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
             sock.bind(("", probe.source_port))
             sock.settimeout(timeout)
             try:
                 if kind == socket.SOCK_STREAM:
                     sock.connect((probe.dst_ip, probe.port))
                     return "connected"
-                sock.sendto(b"tartan trace\n", (probe.dst_ip, probe.port))
+                sock.sendto(PAYLOAD.ljust(probe.length - 28, b"."), (probe.dst_ip, probe.port))
                 sock.recv(256)
                 return "answered"
             except TimeoutError:
@@ -195,11 +207,53 @@ def send(netns: str, probe: Probe, timeout: float = 1.0) -> str:
             except ConnectionRefusedError:
                 return "refused"
             except OSError as exc:
-                return exc.strerror.lower() if exc.strerror else str(exc)
+                return _said(exc)
 
 
-def new_probe(src_ip: str, dst_ip: str, protocol: str, port: int) -> Probe:
-    return Probe(src_ip, dst_ip, protocol, port, random.randint(33000, 60000))
+def _echo(probe: Probe, timeout: float) -> str:
+    """One ICMP echo request, its identifier the probe's source port (ping cannot send a
+    large one with DF while ignoring the path MTU the namespace learnt)."""
+    payload = PAYLOAD.ljust(probe.length - 28, b".")
+    header = struct.pack("!BBHHH", 8, 0, 0, probe.source_port, 1)
+    request = header[:2] + struct.pack("!H", _checksum(header + payload)) + header[4:] + payload
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+        try:
+            sock.sendto(request, (probe.dst_ip, 0))
+        except OSError as exc:
+            return _said(exc)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                packet = sock.recv(65535)
+            except TimeoutError:
+                break
+            icmp = packet[(packet[0] & 0x0F) * 4:]
+            if icmp[:1] == b"\x00" and struct.unpack("!H", icmp[4:6])[0] == probe.source_port:
+                return "answered"
+    return "no answer"
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _said(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
+def new_probe(src_ip: str, dst_ip: str, protocol: str, port: int, size: int = 0) -> Probe:
+    if size and protocol == "tcp":
+        raise TraceError("--size needs --protocol udp or icmp (a TCP probe is a SYN)")
+    if size and not 29 <= size <= 65535:
+        raise TraceError(f"--size {size}: an IP packet of 29 to 65535 bytes")
+    return Probe(src_ip, dst_ip, protocol, port, random.randint(33000, 60000), size)
 
 
 # -- the whole trace ------------------------------------------------------------------------
@@ -246,34 +300,12 @@ def run(src_netns: str, probe: Probe, src_hops: Sequence[Hop], dst_hops: Sequenc
         listener.join(10)
     result = judge(flow, expected_path(src_hops, dst_hops), seen, events, outcome)
     if not result.delivered and not result.rule:
-        explain_vanishing(result, dict(nodes), probe.dst_ip)
+        where = trace_causes.vanishing([(s.hop, s.direction, s.seen) for s in result.steps],
+                                       {h.label: h for h in hops}, probe.src_ip, probe.dst_ip,
+                                       probe.length)
+        cause = trace_causes.explain(where) if where else ""
+        result.cause = cause or result.cause
     return result
-
-
-def explain_vanishing(result: Result, nodes: dict[str, str], dst_ip: str) -> None:
-    """No rule dropped it: what the source's node shows. Without a route of tartand's to
-    the destination's subnet the probe went by the default route (if any), unencapsulated,
-    and the underlay could not deliver it."""
-    node = result.steps[0].hop.split("/")[0] if result.steps else ""
-    netns = nodes.get(node)
-    if netns is None:
-        return
-    address = ipaddress.ip_address(dst_ip)
-    ipr = netlink(netns)
-    try:
-        tartans = route.by_protocol(ipr, PROTO_TARTAN, socket.AF_INET)
-        routed = route.output_device(ipr, dst_ip)
-        bridged = any(address in ipaddress.ip_network(f"{a.ip}/{a.network.prefixlen}",
-                                                      strict=False)
-                      for li in link.all_links(ipr) if li.kind == "bridge"
-                      for a in addr.list_(ipr, li.index, 4))
-    finally:
-        ipr.close()
-    if bridged or any(address in spec.network for spec in tartans):
-        return
-    how = "it left by the default route, unencapsulated" if routed else "nothing routes it"
-    result.cause = (f"{node} has no route to {dst_ip}'s pod subnet ({how}): its tartand did "
-                    f"not program the peer (is it running? `tartanctl lab doctor {node}`)")
 
 
 def _forward(frame: bytes, probe: Probe) -> bool:
@@ -305,6 +337,13 @@ def judge(flow: str, path: list[tuple[str, str]], seen: list[tuple[str, str]],
             result.direction = "ingress" if drop.chain.startswith("TARTAN-NPI-") else "egress"
             result.cause = (f"denied by NetworkPolicy {', '.join(result.policies)} "
                             f"({result.direction})")
+        elif drop.kind == "policy":
+            result.cause = (f"{drop.chain}'s policy is {drop.verdict} on {drop.node} and no "
+                            "rule accepted the probe: another component (docker, a firewall) "
+                            f"set the policy and Tartan's accepts ({FORWARD_CHAIN}) are not "
+                            "there (is tartand running?)" if drop.chain == "FORWARD" else
+                            f"{drop.chain}'s policy is {drop.verdict} on {drop.node} and no "
+                            "rule accepted the probe")
         else:
             result.cause = f"dropped by a rule of another component ({drop.chain})"
         return result

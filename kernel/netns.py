@@ -68,6 +68,16 @@ def netlink(path: str | None = None) -> IPRoute:
         return IPRoute()
 
 
+@contextmanager
+def netlink_in(path: str | None = None) -> Iterator[IPRoute]:
+    """`netlink(path)` for the body of a with-statement, closed after it."""
+    ipr = netlink(path)
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
 def same_namespace(path: str) -> bool:
     """Whether `path` is the namespace this thread is in (a runtime may pass the host's)."""
     try:

@@ -67,3 +67,42 @@ def test_another_components_drop_and_the_underlay_losing_it():
         "dropped by a rule of another component (FORWARD)")
     lost = trace.judge("f", PATH, PATH[:5], [], "timed out")
     assert lost.where == "node1/uplink" and lost.cause.startswith("lost on the underlay")
+
+
+def test_a_forward_policy_drop_is_told_from_a_rule():
+    policy = trace.parse_event("node2", " TRACE: 2 1 filter:FORWARD:policy:DROP ")
+    assert policy is not None
+    result = trace.judge("f", PATH, PATH[:7], [policy], "timed out")
+    assert result.rule == "node2: filter FORWARD policy DROP"
+    assert result.cause.startswith("FORWARD's policy is DROP on node2 and no rule accepted")
+
+
+def test_the_probes_length_and_the_sizes_it_takes():
+    assert PROBE.length == 60
+    assert trace.Probe("a", "b", "udp", 53, 40000).length == 28 + len(trace.PAYLOAD)
+    assert trace.Probe("a", "b", "icmp", 0, 40000).length == 84
+    assert trace.new_probe("a", "b", "udp", 53, 1450).length == 1450
+    for protocol, size, message in (("tcp", 1400, "--size needs --protocol udp or icmp"),
+                                    ("udp", 20, "--size 20: an IP packet of 29 to 65535")):
+        try:
+            trace.new_probe("a", "b", protocol, 80, size)
+        except trace.TraceError as exc:
+            assert str(exc).startswith(message)
+        else:
+            raise AssertionError("accepted")
+
+
+def test_where_the_probe_vanished_is_the_hop_after_the_last_that_saw_it():
+    from tartan.debug import trace_causes
+
+    every = {h.label: h for h in hops("node1", "pod", "veth", "bridge", "vxlan", "uplink")
+             + hops("node2", "pod", "veth", "bridge", "vxlan", "uplink")}
+    steps = [(hop, direction, i < 3) for i, (hop, direction) in enumerate(PATH)]
+    where = trace_causes.vanishing(steps, every, "10.244.1.2", "10.244.2.3", 1450)
+    assert where is not None and where.tunnelled and where.length == 1450
+    assert (where.last and where.last.label, where.last_direction,
+            where.missing.label) == ("node1/bridge", "in", "node1/vxlan")
+    assert where.src_node is not None and where.src_node.label == "node1/veth"
+    nowhere = trace_causes.vanishing([(h, d, False) for h, d in PATH], every, "a", "b", 60)
+    assert nowhere is not None and nowhere.last is None and nowhere.missing.label == "node1/pod"
+    assert trace_causes.vanishing([(h, d, True) for h, d in PATH], every, "a", "b", 60) is None
