@@ -70,8 +70,20 @@ def _ranged(section: Mapping[str, Any], name: str, default: int, low: int, high:
     return value
 
 
+DEVICE_PREFIX = "tartan."
+
+
 def device_name(vni: int) -> str:
-    return f"tartan.{vni}"
+    return f"{DEVICE_PREFIX}{vni}"
+
+
+def is_device(li: link.Link) -> bool:
+    """Whether `li` is a VXLAN device of tartand's (tartan.<VNI>)."""
+    return li.kind == "vxlan" and li.name.startswith(DEVICE_PREFIX)
+
+
+def find_device(links: Iterable[link.Link]) -> link.Link | None:
+    return next((li for li in links if is_device(li)), None)
 
 
 def vtep_mac(public_ip: str, vni: int, machine_id: Path = Path("/etc/machine-id")) -> str:

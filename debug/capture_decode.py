@@ -8,6 +8,7 @@ and what a capture filter is applied to.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
@@ -20,6 +21,27 @@ from scapy.packet import Packet  # noqa: E402
 
 ICMP_TYPES = {0: "echo-reply", 3: "unreachable", 8: "echo-request", 11: "time-exceeded"}
 TCP_FLAGS = "FSRPAUEC"
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071's sum, complemented: 0 over a packet whose checksum field is right."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def udp_checksum_bad(ip_packet: bytes) -> bool:
+    """Whether an IPv4 UDP datagram carries a checksum (not 0) that does not add up."""
+    header = (ip_packet[0] & 0x0F) * 4
+    udp = ip_packet[header:]
+    if len(udp) < 8 or udp[6:8] == b"\x00\x00":
+        return False
+    length = struct.unpack("!H", udp[4:6])[0]
+    pseudo = ip_packet[12:20] + struct.pack("!BBH", 0, 17, length)
+    return internet_checksum(pseudo + udp[:length]) != 0
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from tartan.backends.routes import PROTO_TARTAN
-from tartan.backends.vxlan import DEFAULT_PORT
+from tartan.backends.vxlan import DEFAULT_PORT, find_device
 from tartan.kernel import addr, link, route
 from tartan.kernel.errors import KernelFailure
 from tartan.kernel.netns import netlink_in
@@ -91,8 +91,7 @@ def node_hops(node: str, node_netns: str | None, towards: str | None = None,
 
 def _node_hops(ipr: IPRoute, node: str, netns: str | None, towards: str | None) -> list[Hop]:
     out: list[Hop] = []
-    vxlan = next((li for li in link.all_links(ipr)
-                  if li.kind == "vxlan" and li.name.startswith("tartan.")), None)
+    vxlan = find_device(link.all_links(ipr))
     uplink = 0
     port = 0
     if vxlan is not None:

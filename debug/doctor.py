@@ -13,10 +13,11 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import os
 import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ from pyroute2 import IPRoute
 
 from tartan.backends.masq import FORWARD_CHAIN
 from tartan.backends.routes import PROTO_TARTAN
-from tartan.backends.vxlan import vxlan_entries
+from tartan.backends.vxlan import find_device, vxlan_entries
 from tartan.cni import subnet_env
+from tartan.debug import doctor_datapath
+from tartan.debug.doctor_base import Check, Finding, Node
 from tartan.debug.node import (
     CNI_CONF_DIR,
-    Network,
     agents_here,
     config_files,
     find_network,
@@ -40,35 +42,6 @@ from tartan.kernel.iptables import BACKENDS, Iptables, LiveTable
 
 CONNTRACK_FULL = 0.9  # of nf_conntrack_max
 LEASE_EXPIRING = 0.1  # of the TTL left: tartand renews long before
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    problem: str
-    cause: str
-    fix: str
-
-
-@dataclass
-class Node:
-    """What the checks look at, read once."""
-
-    network: Network
-    conf_dir: str
-    env: subnet_env.SubnetEnv | None
-    env_error: str
-    store_args: argparse.Namespace | None
-    sysctl_root: Path = Path("/proc/sys")
-
-    def sysctl(self, name: str) -> str | None:
-        try:
-            return (self.sysctl_root / name.replace(".", "/")).read_text().strip()
-        except OSError:
-            return None
-
-
-Check = Callable[[Node, IPRoute], Iterator[Finding]]
 
 
 # -- the checks ---------------------------------------------------------------------------
@@ -90,14 +63,8 @@ def check_tartand(node: Node, ipr: IPRoute) -> Iterator[Finding]:
 def check_lease(node: Node, ipr: IPRoute) -> Iterator[Finding]:
     if node.env is None or node.store_args is None:
         return
-    from tartan.backends.agent import open_store
-
     try:
-        store = open_store(node.store_args)
-        try:
-            leases, _ = store.list_leases()
-        finally:
-            store.close()
+        leases = node.leases()
     except Exception as exc:  # StartupError, StoreUnavailable: what the agent would meet
         yield Finding("store", f"the lease store cannot be read: {exc}",
                       "tartand cannot renew its lease or learn about other nodes",
@@ -123,8 +90,7 @@ def check_lease(node: Node, ipr: IPRoute) -> Iterator[Finding]:
 def _vxlan_entries(ipr: IPRoute, peers: list[Any]) -> Iterator[Finding]:
     """The neighbour and FDB entries of the VXLAN device against the peers' leases (the
     peers routed through the device: DirectRouting sends same-segment peers around it)."""
-    device = next((li for li in link.all_links(ipr)
-                   if li.kind == "vxlan" and li.name.startswith("tartan.")), None)
+    device = find_device(link.all_links(ipr))
     if device is None:
         return
     via_device = {r.dst for r in route.by_protocol(ipr, PROTO_TARTAN, socket.AF_INET)
@@ -181,8 +147,7 @@ def check_mtu(node: Node, ipr: IPRoute) -> Iterator[Finding]:
         return
     mtu = node.env.mtu
     links = link.all_links(ipr)
-    vxlan = next((li for li in links if li.kind == "vxlan" and li.name.startswith("tartan.")),
-                 None)
+    vxlan = find_device(links)
     if vxlan is not None:
         parent = int(link.vxlan_info(ipr, vxlan.index).get("link") or 0)
         if parent:
@@ -300,6 +265,8 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("mtu", check_mtu), ("forwarding", check_forwarding),
     ("bridge-netfilter", check_bridge_netfilter), ("conntrack", check_conntrack),
     ("cni-config", check_cni_config), ("reservations", check_reservations),
+    ("rp-filter", doctor_datapath.check_rp_filter), ("ipsets", doctor_datapath.check_ipsets),
+    ("tunnel-checksum", doctor_datapath.check_tunnel_checksum),
 )
 
 
@@ -364,7 +331,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("--cni-conf-dir", default=CNI_CONF_DIR)
     p.add_argument("--subnet-file", help="default: the one Tartan's network config names")
-    p.add_argument("--no-store", action="store_true", help="skip the checks that read leases")
+    p.add_argument("--no-store", action="store_true",
+                   help="skip the checks that read the store (leases, pods)")
+    p.add_argument("--node-name", default=os.uname().nodename,
+                   help="this node's name, as tartand's --node-name (its pods' records)")
     p.add_argument("--check", action="append", choices=[name for name, _ in CHECKS],
                    help="run only this check (repeatable)")
     add_store_flags(p)
@@ -378,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
         env, env_error = subnet_env.read(path), ""
     except TartanError as exc:
         env, env_error = None, str(exc)
-    node = Node(network, args.cni_conf_dir, env, env_error, None if args.no_store else args)
+    node = Node(network, args.cni_conf_dir, env, env_error, None if args.no_store else args,
+                name=args.node_name)
     started = time.monotonic()
     findings = diagnose(node, set(args.check or ()))
     took = time.monotonic() - started

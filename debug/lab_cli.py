@@ -91,7 +91,7 @@ def cmd_doctor(lab: Lab, args: argparse.Namespace) -> int:
     if node is None:
         raise LabError(f"lab {lab.name} has no node {args.node}: use one of "
                        f"{', '.join(n.name for n in state.nodes)}")
-    argv = [str(lab_agents.VENV_BIN / "tartanctl"), "doctor",
+    argv = [str(lab_agents.VENV_BIN / "tartanctl"), "doctor", "--node-name", node.name,
             *lab_store.tartand_store_args(state.store, lab.dir), *args.doctor_args]
     return subprocess.run(in_node(node.holder_pid, argv), check=False).returncode
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from tartan.backends.routes import PROTO_TARTAN
+from tartan.backends.vxlan import is_device
 from tartan.debug.node import CNI_CONF_DIR, RUN_DIR, Network, agents_here, find_network
 from tartan.kernel import link, route
 from tartan.kernel.errors import Gone, TartanError
@@ -116,7 +117,7 @@ def _routes_and_links(network: Network) -> Iterator[Item]:
         bridge = next((li for li in links if li.name == network.bridge and li.kind == "bridge"),
                       None)
         for li in links:
-            ours = (li.kind == "vxlan" and li.name.startswith("tartan.")) or (
+            ours = is_device(li) or (
                 bridge is not None and li.kind == "veth" and li.master == bridge.index)
             if ours:
                 what = "a pod's host veth on " + network.bridge if li.kind == "veth" else "vxlan"

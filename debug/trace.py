@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 from tartan.backends.masq import FORWARD_CHAIN
 from tartan.debug import capture, trace_causes
-from tartan.debug.capture_decode import inner_frame
+from tartan.debug.capture_decode import inner_frame, internet_checksum
 from tartan.debug.capture_hops import Hop
 from tartan.kernel.errors import TartanError
 from tartan.kernel.iptables import Chain, Iptables, Rule, Table
@@ -215,7 +215,8 @@ def _echo(probe: Probe, timeout: float) -> str:
     large one with DF while ignoring the path MTU the namespace learnt)."""
     payload = PAYLOAD.ljust(probe.length - 28, b".")
     header = struct.pack("!BBHHH", 8, 0, 0, probe.source_port, 1)
-    request = header[:2] + struct.pack("!H", _checksum(header + payload)) + header[4:] + payload
+    checksum = struct.pack("!H", internet_checksum(header + payload))
+    request = header[:2] + checksum + header[4:] + payload
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
         try:
@@ -233,15 +234,6 @@ def _echo(probe: Probe, timeout: float) -> str:
             if icmp[:1] == b"\x00" and struct.unpack("!H", icmp[4:6])[0] == probe.source_port:
                 return "answered"
     return "no answer"
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def _said(exc: OSError) -> str:

@@ -4,16 +4,19 @@ provoked on purpose on node1, names the problem (then the node is put right agai
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
-from lab_env import VENV_BIN, ctl, down_clean, lab_name
+from lab_env import VENV_BIN, ctl, down_clean, lab_name, subnet_of
 
 from tartan.debug import lab_agents
 from tartan.debug.lab import Lab, UpOptions
-from tartan.debug.lab_sys import in_node
+from tartan.debug.lab_sys import in_node, netns_path
 
 from harness import eventually
 
@@ -56,7 +59,7 @@ def test_a_healthy_node_has_no_problem(lab: Lab):
     assert (code, found) == (0, [])
     text = subprocess.run([str(VENV_BIN / "tartanctl"), "lab", "doctor", "--name", lab.name,
                            "node1"], capture_output=True, text=True, timeout=60).stdout
-    assert text.startswith("doctor: no problem found (9 checks, ")
+    assert text.startswith("doctor: no problem found (12 checks, ")
 
 
 def test_the_bridge_keeping_an_old_subnets_gateway(lab: Lab):
@@ -163,3 +166,131 @@ def test_vxlan_entries_missing_or_stale_against_the_leases(lab: Lab):
         lab.restart("node1")
     eventually(lambda: problems(lab, "lease") == [], timeout=20,
                what="tartand to repair the VXLAN entries")
+
+
+def test_forward_drop_without_tartans_accepts(lab: Lab):
+    lab_agents.stop_agent(lab.load().node("node1"))  # type: ignore[arg-type]
+    jump = ("FORWARD", "-m", "comment", "--comment", "tartan", "-j", "TARTAN-FWD")
+    try:
+        on_node1(lab, "iptables", "-P", "FORWARD", "DROP")
+        assert problems(lab, "forwarding") == []  # DROP, but Tartan's accepts are there
+        on_node1(lab, "iptables", "-D", *jump)
+        assert problems(lab, "forwarding") == [
+            "forward-drop: FORWARD's policy is DROP (iptables-nft) and no rule jumps to "
+            "TARTAN-FWD"]
+    finally:
+        on_node1(lab, "iptables", "-P", "FORWARD", "ACCEPT")
+        lab.restart("node1")
+    eventually(lambda: problems(lab, "forwarding") == [], timeout=20,
+               what="tartand to put its FORWARD accepts back")
+
+
+def test_a_conntrack_table_near_full(lab: Lab):
+    """node1's namespace fills its conntrack table past 90 % of nf_conntrack_max with UDP
+    flows to its own loopback (they stay 30 s, unreplied); then the table is flushed."""
+    node1 = lab.load().node("node1")
+    assert node1 is not None
+    limit = int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text())
+    flows = int(limit * 0.92)
+    fill = (f"import socket\nn={flows}\nfor a in range(1, 256):\n"
+            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "    s.bind((f'127.0.1.{a}', 0))\n"
+            "    for port in range(1, min(n, 65535) + 1):\n"
+            "        s.sendto(b'x', ('127.0.0.1', port))\n"
+            "    n -= 65535\n"
+            "    if n <= 0:\n"
+            "        break\n")
+    try:
+        subprocess.run(in_node(node1.holder_pid, [str(VENV_BIN / "python"), "-c", fill]),
+                       check=True, timeout=120)
+        (found,) = problems(lab, "conntrack")
+        assert found.startswith("conntrack: conntrack table at ") and found.endswith(
+            f" of {limit} entries")
+    finally:
+        on_node1(lab, "conntrack", "-F")
+    assert problems(lab, "conntrack") == []
+
+
+def test_strict_rp_filter_where_the_route_back_leaves_elsewhere(lab: Lab):
+    keys = ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.tartan/1.rp_filter")
+    before = [on_node1(lab, "sysctl", "-n", key).strip() for key in keys]
+    lab_agents.stop_agent(lab.load().node("node1"))  # type: ignore[arg-type]
+    try:
+        for key in keys:
+            on_node1(lab, "sysctl", "-qw", f"{key}=1")
+        assert problems(lab, "rp-filter") == []  # strict, and every route back is right
+        node2 = lab.load().node("node2")
+        assert node2 is not None
+        subnet = subnet_of(node2)
+        on_node1(lab, "ip", "route", "del", subnet)
+        (found,) = problems(lab, "rp-filter")
+        assert found.startswith(f"rp-filter: strict rp_filter on tartan.1, but the route back "
+                                f"to {subnet} (leaves by ")
+    finally:
+        for key, value in zip(keys, before, strict=True):
+            on_node1(lab, "sysctl", "-qw", f"{key}={value}")
+        lab.restart("node1")
+    assert problems(lab, "rp-filter") == []
+
+
+def test_ipsets_out_of_step_with_the_pods(lab: Lab):
+    """A policy whose peers are the namespace's pods: node1 holds a set of both pods; with
+    its tartand stopped, one member taken out and a stranger put in."""
+    allow = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+             "metadata": {"namespace": "default", "name": "from-pods"},
+             "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                      "ingress": [{"from": [{"podSelector": {}}]}]}}
+    assert ctl(lab, "apply", "-f", "-", text=yaml.safe_dump(allow)).returncode == 0
+    try:
+        eventually(lambda: "TARTAN-NP-" in on_node1(lab, "ipset", "list", "-n"), timeout=20,
+                   what="node1's enforcer to make the set")
+        assert problems(lab, "ipsets") == []
+        name = next(line for line in on_node1(lab, "ipset", "list", "-n").split()
+                    if line.startswith("TARTAN-NP-"))
+        members = [line.split()[0] for line in on_node1(lab, "ipset", "list", name).splitlines()
+                   if line[:1].isdigit()]
+        lab_agents.stop_agent(lab.load().node("node1"))  # type: ignore[arg-type]
+        on_node1(lab, "ipset", "del", name, members[0])
+        on_node1(lab, "ipset", "add", name, "10.244.250.9")
+        (found,) = problems(lab, "ipsets")
+        assert found.startswith(f"ipsets: ipset {name} (") and found.endswith(
+            f") lacks {members[0]} and has 10.244.250.9 that no pod explains")
+    finally:
+        lab.restart("node1")
+        ctl(lab, "delete", "-f", "-", text=yaml.safe_dump(allow))
+    eventually(lambda: problems(lab, "ipsets") == [], timeout=20,
+               what="tartand to refill or remove the set")
+
+
+def test_tunnel_packets_with_bad_udp_checksums(lab: Lab):
+    """node2 sends VXLAN-port datagrams with a wrong checksum to node1 while doctor watches
+    (the signature of the checksum-offload bug); afterwards, with the counter still up but
+    no bad packet arriving, the check is quiet."""
+    import threading
+
+    from tartan.kernel.netns import entered
+
+    state = lab.load()
+    node1, node2 = state.node("node1"), state.node("node2")
+    assert node1 is not None and node2 is not None
+    done = threading.Event()
+
+    def send_bad() -> None:
+        with entered(netns_path(node2.netns)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        payload = b"\x08\x00\x00\x00\x00\x00\x01\x00" + bytes(50)
+        header = struct.pack("!HHHH", 40000, 8472, 8 + len(payload), 0x1234)  # wrong sum
+        with sock:
+            while not done.wait(0.02):
+                sock.sendto(header + payload, (node1.ip, 0))
+
+    sender = threading.Thread(target=send_bad, daemon=True)
+    sender.start()
+    try:
+        (found,) = problems(lab, "tunnel-checksum")
+        assert found.startswith("tunnel-checksum: VXLAN packets to port 8472 on ")
+        assert f"bad UDP checksums from {node2.ip} (" in found
+    finally:
+        done.set()
+        sender.join(5)
+    assert problems(lab, "tunnel-checksum") == []

@@ -1,4 +1,5 @@
-"""doctor's checks that need no kernel: the conntrack table, the order of network configs."""
+"""doctor's checks that need no kernel: the conntrack table, the order of network configs,
+rp_filter as the kernel applies it, UDP checksums."""
 
 from __future__ import annotations
 
@@ -57,3 +58,40 @@ def test_the_network_is_read_from_tartans_config_else_defaults(tmp_path: Path):
     found = find_network(str(folder))
     assert (found.name, found.bridge, found.ipam_dir, found.data_dir) == (
         "pods", "br-pods", "/var/lib/ipam", "/var/lib/t")
+
+
+def test_rp_filter_is_the_larger_of_all_and_the_devices_own(tmp_path: Path):
+    here = node(tmp_path)
+    assert here.rp_filter("tartan.1") == 0  # nothing readable: the kernel's default
+    conf = tmp_path / "sys" / "net" / "ipv4" / "conf"
+    for name, value in (("all", "0"), ("tartan.1", "1"), ("eth0", "2")):
+        (conf / name).mkdir(parents=True)
+        (conf / name / "rp_filter").write_text(value + "\n")
+    assert (here.rp_filter("tartan.1"), here.rp_filter("eth0"), here.rp_filter("cni0")) == (
+        1, 2, 0)
+    (conf / "all" / "rp_filter").write_text("2\n")
+    assert here.rp_filter("tartan.1") == 2
+
+
+def test_udp_checksums_and_the_counter_of_bad_ones(tmp_path: Path):
+    import struct
+
+    from tartan.debug.capture_decode import internet_checksum, udp_checksum_bad
+    from tartan.debug.doctor_datapath import udp_checksum_errors
+
+    src, dst, data = bytes([198, 18, 2, 12]), bytes([198, 18, 1, 11]), b"vxlan payload!"
+    udp = struct.pack("!HHHH", 40000, 8472, 8 + len(data), 0) + data
+    right = internet_checksum(src + dst + struct.pack("!BBH", 0, 17, len(udp)) + udp)
+    ip = bytes([0x45]) + bytes(11) + src + dst
+
+    def datagram(checksum: int) -> bytes:
+        return ip + udp[:6] + struct.pack("!H", checksum) + udp[8:]
+
+    assert not udp_checksum_bad(datagram(right))
+    assert udp_checksum_bad(datagram(right ^ 0x0101))
+    assert not udp_checksum_bad(datagram(0))  # no checksum, as VXLAN sends by default
+    snmp = tmp_path / "snmp"
+    snmp.write_text("Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors "
+                    "InCsumErrors IgnoredMulti MemErrors\nUdp: 10 0 3 9 0 0 3 0 0\n")
+    assert udp_checksum_errors(snmp) == 3
+    assert udp_checksum_errors(tmp_path / "missing") == 0
