@@ -32,6 +32,7 @@ from tartan.debug.lab_probe import find
 from tartan.debug.lab_sys import LabError, netns_path
 from tartan.debug.node import RUNTIME_NETNS_DIRS, runtime_namespaces
 from tartan.kernel.errors import Gone, TartanError
+from tartan.kernel.iptables import BACKENDS
 from tartan.kernel.netns import netlink
 
 
@@ -200,6 +201,8 @@ def add_trace_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=0, metavar="BYTES",
                    help="the probe's IP packet length, sent with DF set (udp, icmp): finds "
                         "MTU trouble")
+    p.add_argument("--iptables", choices=BACKENDS, default=None,
+                   help="the iptables backend the nodes' rules are in (default: the host's)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
 
@@ -238,7 +241,8 @@ def cmd_lab_trace(lab: Lab, args: argparse.Namespace) -> int:
                 f"(probe from {src.ip}"
                 f"{'' if args.protocol == 'icmp' else ':' + str(probe.source_port)}"
                 f"{f', {probe.length} bytes DF' if args.size else ''})")
-        result = trace.run(netns_path(src.netns), probe, src_hops, dst_hops, nodes, flow)
+        result = trace.run(netns_path(src.netns), probe, src_hops, dst_hops, nodes, flow,
+                           args.iptables)
     except (HopError, Gone, OSError, TartanError) as exc:
         raise LabError(str(exc)) from None
     sys.stdout.write(json.dumps(result.json(), indent=2) + "\n" if args.output == "json"
@@ -277,7 +281,8 @@ def run_trace(args: argparse.Namespace) -> int:
         flow = f"{args.src} -> {dst_key} {args.protocol}" + (
             "" if args.protocol == "icmp" else f" port {args.port}") + (
             f" ({probe.length} bytes DF)" if args.size else "")
-        result = trace.run(src_netns, probe, src_hops, dst_hops, [(args.node_name, here)], flow)
+        result = trace.run(src_netns, probe, src_hops, dst_hops, [(args.node_name, here)], flow,
+                           args.iptables)
         if not dst_hops and result.outcome in ("connected", "answered"):
             result.delivered = True  # it left this node and was answered
     except (TartanError, Gone, OSError, ValueError) as exc:

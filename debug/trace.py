@@ -15,8 +15,8 @@ the policies and the direction; a chain's policy (FORWARD DROP set by another co
 else what the nodes' kernels show (trace_causes: no route, MTU, a missing neighbour or FDB
 entry, strict rp_filter) or the underlay losing the tunnel's packets. `--size` sends a
 probe that large with DF set, to find MTU trouble. The trace chain is removed at the end,
-also after Ctrl-C or SIGTERM.
-Tracing needs the nf_tables backend (iptables-nft and xtables-monitor).
+also after Ctrl-C or SIGTERM. On an iptables-legacy host the same chain's TRACE makes the
+kernel log the rules instead (trace_legacy).
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from tartan.backends.masq import FORWARD_CHAIN
-from tartan.debug import capture, trace_causes
+from tartan.debug import capture, trace_causes, trace_legacy
 from tartan.debug.capture_decode import inner_frame, internet_checksum
 from tartan.debug.capture_hops import Hop
 from tartan.kernel.errors import TartanError
 from tartan.kernel.iptables import Chain, Iptables, Rule, Table
+from tartan.kernel.iptables_backend import host_backend
 from tartan.kernel.netns import entered
 
 TRACE_CHAIN = "TARTAN-TRACE"
@@ -140,37 +141,89 @@ def untrace_table() -> Table:
 
 
 @contextlib.contextmanager
-def traced(nodes: Sequence[tuple[str, str]], probe: Probe) -> Iterator[list[Event]]:
+def traced(nodes: Sequence[tuple[str, str]], probe: Probe,
+           backend: str | None = None) -> Iterator[list[Event]]:
     """Trace `probe` through netfilter on each (node, netns path) while the body runs; the
-    events, read once the body is done. The trace chains go, whatever happens."""
-    monitors: list[tuple[str, subprocess.Popen]] = []
+    events, read once the body is done. `backend` is where the nodes' rules are (default:
+    the host's iptables). The trace chains go, whatever happens."""
+    backend = backend or host_backend()
+    with (_traced_legacy(nodes, probe) if backend == "legacy"
+          else _traced_nft(nodes, probe)) as events:
+        yield events
+
+
+@contextlib.contextmanager
+def _installed(nodes: Sequence[tuple[str, str]], probe: Probe, backend: str
+               ) -> Iterator[Callable[[str], None]]:
+    """The trace chain in each node while the body runs; the body gets a function that is
+    told each node's namespace as its chain goes in."""
     installed: list[str] = []
-    events: list[Event] = []
     try:
-        for name, netns in nodes:
+        def install(netns: str) -> None:
             with entered(netns):
-                ipt = Iptables(4, backend="nft")
+                ipt = Iptables(4, backend=backend)
                 ipt.apply(trace_table(probe), ipt.read("raw"))
             installed.append(netns)
-            monitor = subprocess.Popen(["nsenter", f"--net={netns}", "xtables-monitor",
-                                        "--trace"], stdout=subprocess.PIPE,
-                                       stderr=subprocess.DEVNULL, text=True)
-            monitors.append((name, monitor))
-        time.sleep(0.2)  # the monitors subscribe
-        yield events
+
+        yield install
     finally:
-        for name, monitor in monitors:
-            monitor.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                out, _ = monitor.communicate(timeout=5)
-                events += [event for line in out.splitlines()
-                           if (event := parse_event(name, line)) is not None]
-            if monitor.poll() is None:
-                monitor.kill()
         for netns in installed:
             with entered(netns):
-                ipt = Iptables(4, backend="nft")
+                ipt = Iptables(4, backend=backend)
                 ipt.apply(untrace_table(), ipt.read("raw"))
+
+
+@contextlib.contextmanager
+def _traced_nft(nodes: Sequence[tuple[str, str]], probe: Probe) -> Iterator[list[Event]]:
+    """nf_tables: `xtables-monitor --trace` in each node reports the rules (with verdicts)."""
+    monitors: list[tuple[str, subprocess.Popen]] = []
+    events: list[Event] = []
+    with _installed(nodes, probe, "nft") as install:
+        try:
+            for name, netns in nodes:
+                install(netns)
+                monitor = subprocess.Popen(["nsenter", f"--net={netns}", "xtables-monitor",
+                                            "--trace"], stdout=subprocess.PIPE,
+                                           stderr=subprocess.DEVNULL, text=True)
+                monitors.append((name, monitor))
+            time.sleep(0.2)  # the monitors subscribe
+            yield events
+        finally:
+            for name, monitor in monitors:
+                monitor.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    out, _ = monitor.communicate(timeout=5)
+                    events += [event for line in out.splitlines()
+                               if (event := parse_event(name, line)) is not None]
+                if monitor.poll() is None:
+                    monitor.kill()
+
+
+@contextlib.contextmanager
+def _traced_legacy(nodes: Sequence[tuple[str, str]], probe: Probe) -> Iterator[list[Event]]:
+    """iptables-legacy: the kernel logs the rules by number (trace_legacy); their text and
+    verdicts are read from the nodes before the trace chains go."""
+    events: list[Event] = []
+    with trace_legacy.logging_in_namespaces([netns for _, netns in nodes]) as logging, \
+            trace_legacy.kernel_log() as read, _installed(nodes, probe, "legacy") as install:
+        try:
+            for _, netns in nodes:
+                install(netns)
+            yield events
+        finally:
+            found = trace_legacy.events(read(), nodes, probe.src_ip, probe.dst_ip)
+            where = dict(nodes)
+            live = {name: trace_legacy.tables(where[name], {t for n, t, *_ in found
+                                                            if n == name})
+                    for name in {node for node, *_ in found}}
+            for node, table, chain, kind, number in found:
+                verdict, rule = trace_legacy.rule_of(live[node][table], chain, kind, number)
+                events.append(Event(node, table, chain, kind, verdict, rule))
+        if not found and not logging:
+            raise TraceError("iptables-legacy's TRACE logged nothing: a node is a network "
+                             "namespace, whose rules the kernel logs only with "
+                             "net.netfilter.nf_log_all_netns=1 (set it in the host's "
+                             "namespace, or run the trace from there)")
 
 
 def parse_event(node: str, line: str) -> Event | None:
@@ -264,7 +317,7 @@ def expected_path(src_hops: Sequence[Hop], dst_hops: Sequence[Hop]) -> list[tupl
 
 
 def run(src_netns: str, probe: Probe, src_hops: Sequence[Hop], dst_hops: Sequence[Hop],
-        nodes: Sequence[tuple[str, str]], flow: str) -> Result:
+        nodes: Sequence[tuple[str, str]], flow: str, backend: str | None = None) -> Result:
     hops = [*src_hops, *[h for h in dst_hops if h.label not in {s.label for s in src_hops}]]
     seen: list[tuple[str, str]] = []
     listening = threading.Event()
@@ -282,7 +335,7 @@ def run(src_netns: str, probe: Probe, src_hops: Sequence[Hop], dst_hops: Sequenc
             sockets.close()
 
     listener = threading.Thread(target=listen, daemon=True)
-    with traced(nodes, probe) as events:
+    with traced(nodes, probe, backend) as events:
         listener.start()
         if not listening.wait(10):
             raise TraceError("the capture did not start")

@@ -18,6 +18,17 @@ pytestmark = pytest.mark.kernel
 TARTANCTL = str(Path(sys.executable).parent / "tartanctl")
 
 
+def records(tmp_path: Path, a, b) -> Path:
+    """A store holding the records of pods x/a and x/b on node1, as tartand keeps them."""
+    db = tmp_path / "leases.db"
+    store = SqliteLeaseStore(db)
+    for key, pod in (("x/a", a), ("x/b", b)):
+        store.put_object("podips", key, {"ips": [pod.address], "node": "node1",
+                                         "containerID": pod.container_id})
+    store.close()
+    return db
+
+
 def test_capture_finds_the_pod_by_its_record_and_sees_its_hops(bridge_net, tmp_path: Path):
     a, b = bridge_net.add(), bridge_net.add()
     db = tmp_path / "leases.db"
@@ -78,12 +89,7 @@ def test_trace_on_a_node_delivered_then_dropped_by_another_components_rule(bridg
     a, b = bridge_net.add(), bridge_net.add()
     with entered(bridge_net.host.path):
         ensure_bridge_netfilter()
-    db = tmp_path / "leases.db"
-    store = SqliteLeaseStore(db)
-    for key, pod in (("x/a", a), ("x/b", b)):
-        store.put_object("podips", key, {"ips": [pod.address], "node": "node1",
-                                         "containerID": pod.container_id})
-    store.close()
+    db = records(tmp_path, a, b)
     server = subprocess.Popen(in_netns(b.ns.name, [sys.executable, "-c", LISTENER]),
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -109,3 +115,60 @@ def test_trace_on_a_node_delivered_then_dropped_by_another_components_rule(bridg
     finally:
         server.kill()
         server.wait()
+
+
+def test_trace_on_an_iptables_legacy_node_names_the_rule_from_the_kernel_log(bridge_net,
+                                                                             tmp_path: Path):
+    """The node's rules in iptables-legacy: TRACE logs to the kernel log and the dropping
+    rule's text is read back by its number. Run from the host's namespace, the trace turns
+    logging for namespaces on for itself only; run inside the node it cannot, and says so
+    unless logging is on."""
+    import json as json_
+
+    from tartan.debug import capture_hops, trace
+    from tartan.kernel.netns import entered
+    from tartan.netpol.enforcer import ensure_bridge_netfilter
+
+    all_netns = Path("/proc/sys/net/netfilter/nf_log_all_netns")
+    before = all_netns.read_text()
+    a, b = bridge_net.add(), bridge_net.add()
+    with entered(bridge_net.host.path):
+        ensure_bridge_netfilter()
+    rule = ("FORWARD", "-d", f"{b.address}/32", "-m", "comment", "--comment", "legacy firewall",
+            "-j", "DROP")
+    bridge_net.host.run("iptables-legacy", "-A", "FORWARD", "-p", "udp", "-j", "ACCEPT")
+    bridge_net.host.run("iptables-legacy", "-A", *rule)
+    named = (f'node1: filter FORWARD -A FORWARD -d {b.address}/32 -m comment --comment '
+             '"legacy firewall" -j DROP')
+    try:
+        hops = capture_hops.pod_hops("node1", bridge_net.host.path, "x/a", a.ns.path,
+                                     wanted=("pod", "veth"))
+        dst = capture_hops.of_second_pod(capture_hops.pod_hops(
+            "node1", bridge_net.host.path, "x/b", b.ns.path, wanted=("pod", "veth")), "x/b")
+        probe = trace.new_probe(a.address, b.address, "tcp", 80)
+        result = trace.run(a.ns.path, probe, hops, dst, [("node1", bridge_net.host.path)],
+                           "x/a -> x/b", "legacy")
+        assert result.cause == "dropped by a rule of another component (FORWARD)"
+        assert result.rule == named and result.where == "node1/veth"
+        assert all_netns.read_text() == before
+
+        db = records(tmp_path, a, b)
+        argv = in_netns(bridge_net.host.name, [
+            TARTANCTL, "trace", "x/a", "x/b", "--node-name", "node1", "--store", f"sqlite:{db}",
+            "--iptables", "legacy", "-o", "json"])
+        if before.strip() == "0":
+            run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert run.returncode == 1 and run.stderr.startswith(
+                "tartanctl trace: iptables-legacy's TRACE logged nothing: a node is a network "
+                "namespace"), run.stderr
+        all_netns.write_text("1\n")
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1 and run.stdout, run.stderr
+        assert json_.loads(run.stdout)["rule"] == named
+        saved = subprocess.run(in_netns(bridge_net.host.name, ["iptables-legacy-save", "-t",
+                                                               "raw"]),
+                               capture_output=True, text=True, check=True).stdout
+        assert "TARTAN-TRACE" not in saved
+    finally:
+        all_netns.write_text(before)
+        bridge_net.host.run("iptables-legacy", "-F", "FORWARD")

@@ -106,3 +106,26 @@ def test_where_the_probe_vanished_is_the_hop_after_the_last_that_saw_it():
     nowhere = trace_causes.vanishing([(h, d, False) for h, d in PATH], every, "a", "b", 60)
     assert nowhere is not None and nowhere.last is None and nowhere.missing.label == "node1/pod"
     assert trace_causes.vanishing([(h, d, True) for h, d in PATH], every, "a", "b", 60) is None
+
+
+def test_legacy_trace_lines_are_the_probes_rules_by_number():
+    from tartan.debug import trace_legacy
+    from tartan.kernel.iptables import LiveTable
+
+    line = ("TRACE: filter:FORWARD:rule:2 IN=cni0 OUT=cni0 PHYSIN=veth1 MAC=aa:bb:cc:dd:ee:ff:"
+            "11:22:33:44:55:66:08:00 SRC=10.244.1.2 DST=10.244.2.3 LEN=60 PROTO=TCP SPT=40123 "
+            "DPT=80 SYN")
+    reply = line.replace("SRC=10.244.1.2 DST=10.244.2.3", "SRC=10.244.2.3 DST=10.244.1.2")
+    policy = line.replace("rule:2", "policy:3")
+    found = trace_legacy.events([line, reply, "eth0: link up", policy], [("node1", "/x")],
+                                "10.244.1.2", "10.244.2.3")
+    assert found == [("node1", "filter", "FORWARD", "rule", 2),
+                     ("node1", "filter", "FORWARD", "policy", 3)]
+    live = LiveTable("filter", {"FORWARD": [("-p", "udp", "-j", "ACCEPT"),
+                                            ("-d", "10.244.2.3/32", "-m", "comment",
+                                             "--comment", "a firewall", "-j", "DROP")]},
+                     {"FORWARD": "DROP"})
+    assert trace_legacy.rule_of(live, "FORWARD", "rule", 2) == (
+        "DROP", '-A FORWARD -d 10.244.2.3/32 -m comment --comment "a firewall" -j DROP')
+    assert trace_legacy.rule_of(live, "FORWARD", "policy", 3) == ("DROP", "")
+    assert trace_legacy.rule_of(live, "FORWARD", "rule", 9) == ("", "")
