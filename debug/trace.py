@@ -46,6 +46,7 @@ PAYLOAD = b"tartan trace\n"
 IP_MTU_DISCOVER = 10  # <linux/in.h>; the socket module has it from Python 3.12
 IP_PMTUDISC_PROBE = 3  # DF set, and the path MTU the socket learnt is not applied
 SETTLE = 1.5  # seconds the probe may take (one retransmission of a SYN is at 1 s)
+ANSWERED = ("connected", "answered", "refused")  # the destination's answer is back: no wait
 _TRACE_LINE = re.compile(r"\s*TRACE: \d+ (?P<id>[0-9a-f]+) (?P<table>[^:]+):(?P<chain>[^:]+):"
                          r"(?P<kind>rule|policy|return)(?::0x[0-9a-f]+)?:?(?P<verdict>[A-Z]*)"
                          r"\s*(?P<rule>.*)")
@@ -340,7 +341,7 @@ def run(src_netns: str, probe: Probe, src_hops: Sequence[Hop], dst_hops: Sequenc
         if not listening.wait(10):
             raise TraceError("the capture did not start")
         outcome = send(src_netns, probe)
-        time.sleep(SETTLE if outcome not in ("connected", "answered") else 0.3)
+        time.sleep(SETTLE if outcome not in ANSWERED else 0.3)
         done.set()
         listener.join(10)
     result = judge(flow, expected_path(src_hops, dst_hops), seen, events, outcome)
