@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from tartan.debug import capture_cli, lab_agents, lab_demo, lab_policy_cli, lab_store
+from tartan.debug import capture_cli, lab_demo, lab_policy_cli
 from tartan.debug import lab_plan as plan
 from tartan.debug import lab_views as views
 from tartan.debug.lab import Lab, UpOptions
@@ -91,8 +91,7 @@ def cmd_doctor(lab: Lab, args: argparse.Namespace) -> int:
     if node is None:
         raise LabError(f"lab {lab.name} has no node {args.node}: use one of "
                        f"{', '.join(n.name for n in state.nodes)}")
-    argv = [str(lab_agents.VENV_BIN / "tartanctl"), "doctor", "--node-name", node.name,
-            *lab_store.tartand_store_args(state.store, lab.dir), *args.doctor_args]
+    argv = lab_demo.doctor_argv(lab, node, *args.doctor_args)
     return subprocess.run(in_node(node.holder_pid, argv), check=False).returncode
 
 

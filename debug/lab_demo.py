@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from tartan.debug import lab_agents, lab_objects, lab_policy_cli, lab_store
 from tartan.debug.lab import Lab
+from tartan.debug.lab_state import Node
 from tartan.debug.lab_sys import in_node
 from tartan.netpol.model import Protocol
 
@@ -94,15 +95,20 @@ def show_capture(lab: Lab, say: Callable[[str], None]) -> bool:
     return summary.packets == 2 * len(hops)
 
 
+def doctor_argv(lab: Lab, node: Node, *flags: str) -> list[str]:
+    """`tartanctl doctor` as the node's tartand sees it: its store and its name."""
+    return [str(lab_agents.VENV_BIN / "tartanctl"), "doctor", "--node-name", node.name,
+            *lab_store.tartand_store_args(lab.load().store, lab.dir), *flags]
+
+
 def show_doctor(lab: Lab, say: Callable[[str], None]) -> bool:
     """`tartanctl doctor` on node1: a healthy node has no problem."""
     state = lab.load()
     node = state.node("node1")
     assert node is not None
     say("---- tartanctl lab doctor node1")
-    argv = [str(lab_agents.VENV_BIN / "tartanctl"), "doctor",
-            *lab_store.tartand_store_args(state.store, lab.dir)]
-    run = subprocess.run(in_node(node.holder_pid, argv), capture_output=True, text=True,
+    run = subprocess.run(in_node(node.holder_pid, doctor_argv(lab, node)), capture_output=True,
+                         text=True,
                          check=False, timeout=60)
     for line in run.stdout.splitlines():
         say(f"  {line}")
@@ -117,6 +123,8 @@ def show_trace(lab: Lab, say: Callable[[str], None]) -> bool:
     codes = []
     for src in ("office/laptop", "shop/cart"):
         say(f"---- tartanctl lab trace {src} shop/web --port 80")
-        codes.append(capture_cli.cmd_lab_trace(lab, argparse.Namespace(
-            src=src, dst="shop/web", port=80, protocol="tcp", output="text")))
+        flags = argparse.ArgumentParser()
+        capture_cli.add_trace_flags(flags)
+        codes.append(capture_cli.cmd_lab_trace(lab, flags.parse_args([src, "shop/web",
+                                                                      "--port", "80"])))
     return codes == [0, 1]
