@@ -10,12 +10,13 @@ STAMPS := .make
 # Debian packages the plugins, the tests and the demo use.
 APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
-	python3 util-linux strace tshark
+	python3 util-linux strace tshark \
+	qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client
 
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
-.PHONY: all deps apt venv demo test unit lint bench bench-dataplane bench-netpol bench-capture \
+.PHONY: all deps apt venv demo vm-lab test unit lint bench bench-dataplane bench-netpol bench-capture \
 	clean bundle \
 	install uninstall
 
@@ -57,6 +58,7 @@ lint: venv
 	@rm -rf build/typecheck && mkdir -p build/typecheck/tartan
 	@for p in $(PACKAGES); do ln -s ../../../$$p build/typecheck/tartan/$$p; done
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p tartan
+	cd vagrant && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p vmlab
 	$(VENV)/bin/lint-imports --config pyproject.toml
 
 unit: venv
@@ -93,6 +95,11 @@ uninstall:
 # Three nodes in namespaces, leases, the full pod ping matrix, and always `down`.
 demo: deps
 	$(VENV)/bin/tartanctl lab demo --nodes 3 --backend vxlan --store sqlite
+
+# Three Debian 12 VMs under qemu (their own 6.1 kernel) provisioned as the Vagrantfile
+# provisions its nodes, pods on each, the cross-VM ping matrix, and always `down`.
+vm-lab: deps bundle
+	cd vagrant && ../$(PY) -m vmlab demo --nodes 3 --backend vxlan
 
 bench: deps bundle
 	$(PY) bench/cni_latency.py --pairs 30 --impl tartan-agent,reference,tartan-bundle-fallback --meta \

@@ -273,9 +273,20 @@ class Agent:
                 "backend": self.backend.name,
                 **self.backend.status(),
                 "leaseExpires": lease.expiration if lease else None,
+                "bigTCP": big_tcp(self.node, self.backend.pod_gso_max_size()),
                 "ready": self.ready,
                 "storeReachable": self.outage_since is None,
             },
             "peers": [p.to_json() for p in self.peer_states],
             **{key: part() for key, part in self.status_parts.items()},
         }
+
+
+def big_tcp(node: NodeInfo, pod_size: int) -> str:
+    """What IPv4 BIG TCP does for this node's pods, in words for /status."""
+    if not node.iface_gso_max:
+        return "not supported by this kernel (IPv4 BIG TCP needs 6.3)"
+    if pod_size:
+        return f"on: pods send IPv4 packets of up to {pod_size} bytes"
+    return (f"off: {node.iface} allows {node.iface_gso_max} bytes (host-gw pods follow a "
+            "raised gso_ipv4_max_size; VXLAN keeps 64 KiB)")

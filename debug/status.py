@@ -48,6 +48,7 @@ def node_lines(node: dict, now: float) -> list[str]:
         f"node:     {node.get('publicIP', '-')}",
         f"subnet:   {node.get('subnet', '-')} (lease expires {when})",
         f"backend:  {node.get('backend', '-')}",
+        *([f"BIG TCP:  {node['bigTCP']}"] if node.get("bigTCP") else []),
         f"ready:    {'yes' if node.get('ready') else 'NO'}",
     ]
 
@@ -69,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="this node's lease, readiness and peers")
     p.add_argument("--http-addr", default=DEFAULT_HTTP_ADDR,
                    help=f"tartand's HTTP address (default {DEFAULT_HTTP_ADDR})")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="json: tartand's /status document as it is")
     p.set_defaults(run=run)
 
 
@@ -78,5 +81,8 @@ def run(args: argparse.Namespace) -> int:
     except StatusError as exc:
         print(f"tartanctl status: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(render(doc, time.time())))
+    if args.output == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        print("\n".join(render(doc, time.time())))
     return 0

@@ -126,3 +126,33 @@ def test_lab_bad_name_is_one_error_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("tartanctl lab status: error: lab name 'Bad-Name' is invalid")
     assert len(err.splitlines()) == 1
+
+
+def test_big_tcp_in_words_for_a_kernel_without_it_one_with_it_off_and_on():
+    from tartan.backends.daemon import big_tcp
+    from tartan.backends.registry import NodeInfo
+
+    def node(gso: int) -> NodeInfo:
+        return NodeInfo("eth0", 2, 1500, "192.168.56.11", (), iface_gso_max=gso)
+
+    assert big_tcp(node(0), 0) == "not supported by this kernel (IPv4 BIG TCP needs 6.3)"
+    assert big_tcp(node(65536), 0).startswith("off: eth0 allows 65536 bytes")
+    assert big_tcp(node(185000), 185000) == "on: pods send IPv4 packets of up to 185000 bytes"
+    assert "BIG TCP:  on: pods send" in "\n".join(status.render(
+        {"node": {"bigTCP": big_tcp(node(185000), 185000)}, "peers": []}, now=0))
+
+
+def test_tartanctl_lists_every_command_as_its_module_registers_it():
+    import argparse
+    import importlib
+
+    listed = ctl.parser()  # every module registers its own
+    for name, (module, text) in ctl.COMMANDS.items():
+        p = argparse.ArgumentParser()
+        sub = p.add_subparsers()
+        importlib.import_module(f"tartan.debug.{module}").register(sub)
+        assert name in sub.choices, (name, module)
+        helps = {a.dest: a.help for a in sub._choices_actions}
+        assert helps[name] == text, name
+    names = next(a for a in listed._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(names.choices) == list(ctl.COMMANDS)

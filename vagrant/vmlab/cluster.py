@@ -1,0 +1,122 @@
+"""A Tartan cluster on the VM lab's machines, made as the Vagrantfile makes one: the same
+provisioning script on every VM (etcd on the first), then pods made on the VMs by the real
+plugins (`tartanctl pod add`) and the cross-VM ping matrix between them."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmlab.machines import Lab, Vm, VmError, copy_to, ssh
+
+PROVISION = Path(__file__).resolve().parent.parent / "provision.sh"
+BACKENDS = ("vxlan", "host-gw", "directrouting")
+
+
+@dataclass(frozen=True)
+class PodOnVm:
+    vm: str
+    key: str  # NS/NAME
+    ip: str
+
+    @property
+    def netns(self) -> str:
+        return self.key.replace("/", "-")
+
+
+def provision(lab: Lab, backend: str, say: Callable[[str], None] = print) -> dict[str, float]:
+    """Run provision.sh on every VM at once (the others' tartand retries until etcd on the
+    first answers, as on a cluster booting together); seconds each took until its tartand
+    was ready."""
+    if backend not in BACKENDS:
+        raise VmError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    first = lab.vms[0]
+
+    def one(vm: Vm) -> float:
+        started = time.monotonic()
+        copy_to(lab, vm, PROVISION, "/root/tartan")
+        ssh(lab, vm, f"bash /root/tartan/provision.sh --node-ip {vm.ip} --etcd-ip {first.ip} "
+                     f"--backend {shlex.quote(backend)}", timeout=600)
+        took = time.monotonic() - started
+        say(f"  {vm.name}: provisioned ({backend}) in {took:.1f} s")
+        return took
+
+    with ThreadPoolExecutor(len(lab.vms)) as pool:
+        return dict(zip((vm.name for vm in lab.vms), pool.map(one, lab.vms), strict=True))
+
+
+def unprovision(lab: Lab) -> None:
+    """Back to a node without Tartan's state: tartand stopped, `tartanctl reset`, and the
+    cluster's keys gone from etcd (so the next provisioning may choose another backend)."""
+    def one(vm: Vm) -> None:
+        ssh(lab, vm, "systemctl stop tartand; tartanctl reset --force >/dev/null", timeout=120)
+
+    with ThreadPoolExecutor(len(lab.vms)) as pool:
+        list(pool.map(one, lab.vms))
+    ssh(lab, lab.vms[0], "systemctl stop etcd; rm -rf /var/lib/etcd/tartan", timeout=60)
+
+
+def add_pod(lab: Lab, vm: Vm, key: str) -> PodOnVm:
+    """`tartanctl pod add` on the VM: the conflist's plugins, run as a runtime runs them."""
+    out = ssh(lab, vm, f"tartanctl pod add {shlex.quote(key)}", timeout=300).stdout.split()
+    return PodOnVm(vm.name, key, out[1])
+
+
+def add_pods(lab: Lab, per_vm: int = 1, name: str = "pod") -> list[PodOnVm]:
+    """`per_vm` pods on every VM, default/<vm>-<name><k>."""
+    def one(vm: Vm) -> list[PodOnVm]:
+        return [add_pod(lab, vm, f"default/{vm.name}-{name}{k}") for k in range(1, per_vm + 1)]
+
+    with ThreadPoolExecutor(len(lab.vms)) as pool:
+        return [pod for pods in pool.map(one, lab.vms) for pod in pods]
+
+
+def delete_all_pods(lab: Lab) -> None:
+    """Every pod `tartanctl pod` made on the VMs."""
+    def one(vm: Vm) -> None:
+        ssh(lab, vm, "for p in $(tartanctl pod list | cut -d' ' -f1); do "
+                     "tartanctl pod del $p >/dev/null; done", timeout=300)
+
+    with ThreadPoolExecutor(len(lab.vms)) as pool:
+        list(pool.map(one, lab.vms))
+
+
+def delete_pods(lab: Lab, pods: list[PodOnVm]) -> None:
+    for pod in pods:
+        ssh(lab, lab.vm(pod.vm), f"tartanctl pod del {pod.key}", timeout=300)
+
+
+def ping_matrix(lab: Lab, pods: list[PodOnVm], tries: int = 3) -> dict[tuple[str, str], bool]:
+    """(from, to) -> answered, for every ordered pair of pods, each VM pinging from its own
+    pods in one ssh session; a pair gets `tries` pings of 2 s."""
+    def one(vm: Vm) -> dict[tuple[str, str], bool]:
+        mine = [p for p in pods if p.vm == vm.name]
+        lines = [f"if ip netns exec {src.netns} ping -n -q -c {tries} -W 2 -A {dst.ip} "
+                 f">/dev/null 2>&1; then echo 'ok {src.key} {dst.key}'; "
+                 f"else echo 'no {src.key} {dst.key}'; fi"
+                 for src in mine for dst in pods if dst.key != src.key]
+        out = ssh(lab, vm, "\n".join(lines) or "true", timeout=600).stdout
+        return {(words[1], words[2]): words[0] == "ok"
+                for words in (line.split() for line in out.splitlines()) if len(words) == 3}
+
+    matrix: dict[tuple[str, str], bool] = {}
+    with ThreadPoolExecutor(len(lab.vms)) as pool:
+        for part in pool.map(one, lab.vms):
+            matrix.update(part)
+    return matrix
+
+
+def render_matrix(pods: list[PodOnVm], matrix: dict[tuple[str, str], bool]) -> str:
+    names = [p.key.split("/")[1] for p in pods]
+    width = max(len(n) for n in names)
+    lines = [" " * (width + 2) + "  ".join(n.rjust(width) for n in names)]
+    for src, name in zip(pods, names, strict=True):
+        cells = ["-" if src.key == dst.key else ("ok" if matrix.get((src.key, dst.key))
+                                                  else "LOST")
+                 for dst in pods]
+        lines.append(name.ljust(width + 2) + "  ".join(c.rjust(width) for c in cells))
+    return "\n".join(lines)
