@@ -11,7 +11,7 @@ STAMPS := .make
 APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
 	python3 util-linux strace tshark \
-	qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client
+	qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client vagrant
 
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
