@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
-.PHONY: all deps apt venv demo vm-lab test unit lint bench bench-dataplane bench-netpol bench-capture \
+.PHONY: all deps apt venv demo vm-lab test unit lint bench bench-dataplane bench-netpol bench-capture bench-vm \
 	clean bundle \
 	install uninstall
 
@@ -115,6 +115,9 @@ bench-netpol: deps
 
 bench-capture: deps
 	$(PY) bench/capture.py --report bench/reports/capture.md
+
+bench-vm: deps bundle
+	$(PY) bench/vm.py --report bench/reports/vm.md
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build dist *.egg-info

@@ -40,6 +40,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def vm_image() -> Iterator[image.Image]:
+    for name in machines.labs():  # left by a run that was killed before its finalizers
+        machines.down_named(name)
     yield image.build(ROOT / "dist/tartan", ROOT, say=print)
     # nothing of a VM lab is left: every lab a test made was taken down by its fixture
     assert not machines.labs(), f"VM labs left behind: {machines.labs()}"

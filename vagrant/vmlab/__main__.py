@@ -72,11 +72,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     names = [args.name] if args.name else list(machines.labs())
     for name in names:
-        try:
-            lab = machines.Lab.load(name)
-        except machines.VmError:
-            lab = machines.Lab(name)
-        for line in machines.down(lab):
+        for line in machines.down_named(name):
             print(f"removed {line}")
     return 0
 

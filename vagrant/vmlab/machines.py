@@ -8,8 +8,9 @@ and initrd directly, from its own qcow2 overlay of the image's disk, under KVM w
 shows it can run a stock guest, else under software emulation (TCG); TARTAN_VM_ACCEL=kvm|tcg
 chooses.
 
-A VM is stopped by its PID (a hard timeout kills it); `down` removes the overlays, the logs
-and the namespace, also after a failure.
+A VM is stopped by its PID, and qemu runs under `timeout -s KILL` (TARTAN_VM_LIFETIME, an
+hour), so no VM outlives a lab whose owner crashed; `down` removes the overlays, the logs and
+the namespace, also after a failure.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ STATE_ROOT = Path("/run/tartan-vm")
 SUBNET = "192.168.56"  # the underlay; only ever inside the lab's namespace
 GATEWAY = f"{SUBNET}.1"
 MEMORY_MB = 1024
+# qemu runs under `timeout -s KILL`: a VM outlives no lab that crashed or was killed
+LIFETIME = int(os.environ.get("TARTAN_VM_LIFETIME", "3600"))
 SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6")
@@ -47,6 +50,7 @@ class Vm:
     ip: str
     pid: int = 0
     booted_at: float = 0.0  # time.time() of the last (re)start
+    answered_after: float = 0.0  # seconds from that start until ssh answered
 
     @property
     def mac(self) -> str:
@@ -136,7 +140,7 @@ def qemu_argv(lab: Lab, vm: Vm) -> list[str]:
     cpu = "host" if accel() == "kvm" else "max"
     cmdline = (f"root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet "
                f"tartan.ip={vm.ip}/24 tartan.hostname={vm.name}")
-    return ["ip", "netns", "exec", lab.netns,
+    return ["ip", "netns", "exec", lab.netns, "timeout", "-s", "KILL", str(LIFETIME),
             "qemu-system-x86_64", "-accel", accel(), "-cpu", cpu, "-m", str(MEMORY_MB),
             "-smp", "1",
             "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
@@ -267,8 +271,10 @@ def up(name: str, image: Image, count: int, say: Callable[[str], None] = print) 
         for vm in lab.vms:
             start(lab, vm)
         for vm in lab.vms:
-            took = wait_ssh(lab, vm)
-            say(f"  {vm.name} ({vm.ip}) answers ssh {took:.1f} s after qemu started")
+            vm.answered_after = wait_ssh(lab, vm)
+            say(f"  {vm.name} ({vm.ip}) answers ssh {vm.answered_after:.1f} s after qemu "
+                "started")
+        lab.save()
     except BaseException:
         down(lab)
         raise
@@ -318,3 +324,12 @@ def down(lab: Lab) -> list[str]:
 
 def labs() -> Sequence[str]:
     return sorted(p.name for p in STATE_ROOT.iterdir()) if STATE_ROOT.is_dir() else []
+
+
+def down_named(name: str) -> list[str]:
+    """`down` of a lab by name, also one whose state file is gone or unreadable."""
+    try:
+        lab = Lab.load(name)
+    except VmError:
+        lab = Lab(name)
+    return down(lab)
