@@ -64,8 +64,16 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
+# The VM suite spends its time in qemu's emulation; it runs beside the rest of the suite (its
+# VMs live in a namespace of their own) and its report follows the rest's.
 test: deps lint bundle
-	$(VENV)/bin/pytest -q -rs tests
+	@mkdir -p $(STAMPS)
+	@$(VENV)/bin/pytest -q -rs -p no:cacheprovider tests/vm > $(STAMPS)/vm-tests.log 2>&1 & \
+	vm=$$!; \
+	$(VENV)/bin/pytest -q -rs --ignore=tests/vm tests; rest=$$?; \
+	wait $$vm; vmrc=$$?; \
+	echo "---- tests/vm (ran beside the rest)"; cat $(STAMPS)/vm-tests.log; \
+	exit $$(( rest != 0 ? rest : vmrc ))
 
 # --- The bundle (packaging/): one PyInstaller onedir, dist/tartan/, rebuilt only when the
 # sources or the packaging change. `make install` / `make uninstall` as root; DESTDIR= stages.

@@ -90,8 +90,19 @@ EOF
 systemctl daemon-reload
 systemctl enable tartand >/dev/null 2>&1
 systemctl restart tartand
+# ready: the subnet file written and /readyz answering 200 (bash's /dev/tcp: polling with
+# tartanctl would start a Python program every half second)
+ready() {
+	[ -s /run/tartan/subnet.env ] || return 1
+	exec 3<>/dev/tcp/127.0.0.1/9808 || return 1
+	printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
+	local status
+	read -r _ status _ <&3
+	exec 3>&-
+	[ "$status" = 200 ]
+}
 for _ in $(seq 1 240); do
-	if [ -s /run/tartan/subnet.env ] && tartanctl status >/dev/null 2>&1; then
+	if ready 2>/dev/null; then
 		say "tartand ready: $(grep FLANNEL_SUBNET /run/tartan/subnet.env)"
 		exit 0
 	fi

@@ -14,6 +14,11 @@ from pathlib import Path
 from vmlab.machines import Lab, Vm, VmError, copy_to, ssh
 
 PROVISION = Path(__file__).resolve().parent.parent / "provision.sh"
+# until tartand's /readyz answers 200 (bash's /dev/tcp; no Python started per poll)
+WAIT_READY = ("for i in $(seq 1 240); do if exec 3<>/dev/tcp/127.0.0.1/9808; then "
+              "printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3; read -r _ code _ <&3; "
+              "exec 3>&-; [ \"$code\" = 200 ] && exit 0; fi 2>/dev/null; sleep 0.5; done; "
+              "exit 1")
 BACKENDS = ("vxlan", "host-gw", "directrouting")
 
 
@@ -47,6 +52,10 @@ def provision(lab: Lab, backend: str, say: Callable[[str], None] = print) -> dic
 
     with ThreadPoolExecutor(len(lab.vms)) as pool:
         return dict(zip((vm.name for vm in lab.vms), pool.map(one, lab.vms), strict=True))
+
+
+def wait_ready(lab: Lab, vm: Vm) -> None:
+    ssh(lab, vm, WAIT_READY, timeout=180)
 
 
 def unprovision(lab: Lab) -> None:
