@@ -129,6 +129,7 @@ def system(say: Callable[[str], None] = print) -> tuple[Path, str]:
     shutil.rmtree(tree, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="system-", dir=CACHE))
+    work.chmod(0o755)  # it becomes the VMs' `/` (mkdtemp makes it 0700)
     try:
         say(f"vm image: debootstrap {SUITE} with {len(PACKAGES)} packages (a few minutes, once)")
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
@@ -248,6 +249,7 @@ def build(bundle: Path, source: Path, say: Callable[[str], None] = print) -> Ima
     if not disk.exists():
         say(f"vm image: installing the bundle ({bundle}) into a disk of {DISK_SIZE}")
         staged = Path(tempfile.mkdtemp(prefix="disk-", dir=CACHE))
+        staged.chmod(0o755)
         partial = disk.with_suffix(".partial")
         try:
             _run(["cp", "-a", "--reflink=auto", f"{tree}/.", str(staged)], "copying the system")
