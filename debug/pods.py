@@ -65,9 +65,17 @@ def conflist(conf_dir: str) -> dict[str, Any]:
     if not network.source.startswith("/"):
         raise PodError(f"no Tartan network config in {conf_dir} (make install writes "
                        "10-tartan.conflist)")
-    doc = json.loads(Path(network.source).read_text())
-    if "plugins" not in doc:  # a single-plugin .conf
+    try:
+        doc = json.loads(Path(network.source).read_text())
+    except (OSError, ValueError) as exc:
+        raise PodError(f"cannot read {network.source}: {exc}") from None
+    if isinstance(doc, dict) and "plugins" not in doc:  # a single-plugin .conf
         doc = {"cniVersion": doc.get("cniVersion"), "name": doc.get("name"), "plugins": [doc]}
+    if not (isinstance(doc, dict) and doc.get("cniVersion") and doc.get("name")
+            and isinstance(doc.get("plugins"), list) and doc["plugins"]
+            and all(isinstance(p, dict) for p in doc["plugins"])):
+        raise PodError(f"{network.source} is not a network config: it needs cniVersion, name "
+                       "and a list of plugins")
     return doc
 
 
@@ -89,8 +97,12 @@ def run_plugins(pod: NodePod, doc: dict[str, Any], command: str, bin_dir: str) -
                     if (Path(d) / str(plugin.get("type", ""))).is_file()), None)
         if exe is None:
             raise PodError(f"plugin {plugin.get('type')!r} not found in {bin_dir}")
-        run = subprocess.run([str(exe)], input=json.dumps(config), env=env,
-                             capture_output=True, text=True, timeout=120, check=False)
+        try:
+            run = subprocess.run([str(exe)], input=json.dumps(config), env=env,
+                                 capture_output=True, text=True, timeout=120, check=False)
+        except subprocess.TimeoutExpired:
+            raise PodError(f"CNI {command} {pod.key}: {plugin.get('type')} did not answer in "
+                           "120 s") from None
         if run.returncode != 0:
             raise PodError(f"CNI {command} {pod.key}: {plugin.get('type')}: {_error(run)}")
         if command == "ADD":

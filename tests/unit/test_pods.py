@@ -53,3 +53,15 @@ def test_the_conflist_runs_in_order_with_prev_result_and_del_in_reverse(tmp_path
         "ADD tartan", "ADD portmap", "DEL portmap", "DEL tartan"]
     with pytest.raises(pods.PodError, match="plugin 'bridge' not found in"):
         pods.run_plugins(pod, {**doc, "plugins": [{"type": "bridge"}]}, "ADD", bins)
+
+
+def test_a_broken_network_config_is_one_clear_error(tmp_path: Path):
+    conf = tmp_path / "10-tartan.conflist"
+    conf.write_text("{not json")  # not Tartan's as far as a runtime can tell
+    with pytest.raises(pods.PodError, match=r"^no Tartan network config in "):
+        pods.conflist(str(tmp_path))
+    conf.write_text('{"cniVersion": "1.0.0", "name": "tartan", "plugins": [{"type": "tartan"},'
+                    ' 5]}')
+    with pytest.raises(pods.PodError, match=r"10-tartan.conflist is not a network config: it "
+                                            r"needs cniVersion, name and a list of plugins$"):
+        pods.conflist(str(tmp_path))
