@@ -69,7 +69,7 @@ def test_restarting_tartand_under_a_continuous_cross_vm_ping_loses_nothing(lab: 
     try:
         time.sleep(3)
         machines.ssh(lab, vm2, "systemctl restart tartand")
-        cluster.wait_ready(lab, vm2)
+        cluster.wait_ready(lab, vm2.name)
         machines.ssh(lab, vm1, "systemctl restart tartand")
         out, _ = pinger.communicate(timeout=60)
     finally:
@@ -86,12 +86,12 @@ def test_a_rebooted_vm_keeps_its_subnet_and_leaks_no_address(lab: Lab, pods):
     held = machines.ssh(lab, vm, "ls /var/lib/cni/networks/tartan").stdout.split()
     assert any(re.fullmatch(r"[\d.]+", name) for name in held)  # its pod's address
     machines.reboot(lab, vm)
-    cluster.wait_ready(lab, vm)
+    cluster.wait_ready(lab, vm.name)
     after = machines.ssh(lab, vm, "cat /run/tartan/subnet.env").stdout
     subnet = re.compile(r"FLANNEL_SUBNET=(\S+)")
     assert subnet.search(after)[1] == subnet.search(before)[1]  # type: ignore[index]
     # the pod did not survive the reboot; its address is released by the first ADD after it
-    again = cluster.add_pod(lab, vm, "default/after-reboot")
+    again = cluster.add_pod(lab, vm.name, "default/after-reboot")
     leases = [name for name in machines.ssh(lab, vm, "ls /var/lib/cni/networks/tartan")
               .stdout.split() if re.fullmatch(r"[\d.]+", name)]
     assert leases == [again.ip]

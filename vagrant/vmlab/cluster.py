@@ -1,6 +1,7 @@
-"""A Tartan cluster on the VM lab's machines, made as the Vagrantfile makes one: the same
-provisioning script on every VM (etcd on the first), then pods made on the VMs by the real
-plugins (`tartanctl pod add`) and the cross-VM ping matrix between them."""
+"""A Tartan cluster on VMs, made as the Vagrantfile makes one: the same provisioning script on
+every VM (etcd on the first), then pods made on the VMs by the real plugins (`tartanctl pod
+add`) and the cross-VM ping matrix between them. The pods and the matrix work on any `Nodes`:
+the VM lab's machines, or the machines `vagrant up` made (vmlab.vagrant)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from vmlab.machines import Lab, Vm, VmError, copy_to, ssh
 
@@ -20,6 +22,17 @@ WAIT_READY = ("for i in $(seq 1 240); do if exec 3<>/dev/tcp/127.0.0.1/9808; the
               "exec 3>&-; [ \"$code\" = 200 ] && exit 0; fi 2>/dev/null; sleep 0.5; done; "
               "exit 1")
 BACKENDS = ("vxlan", "host-gw", "directrouting")
+
+
+class Nodes(Protocol):
+    """The machines a cluster runs on, each reached as root by its name."""
+
+    @property
+    def nodes(self) -> list[str]: ...
+
+    def run(self, node: str, command: str, timeout: float = 300) -> str:
+        """The command's output; an error (VmError) when it fails."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -54,8 +67,8 @@ def provision(lab: Lab, backend: str, say: Callable[[str], None] = print) -> dic
         return dict(zip((vm.name for vm in lab.vms), pool.map(one, lab.vms), strict=True))
 
 
-def wait_ready(lab: Lab, vm: Vm) -> None:
-    ssh(lab, vm, WAIT_READY, timeout=180)
+def wait_ready(nodes: Nodes, node: str) -> None:
+    nodes.run(node, WAIT_READY, timeout=180)
 
 
 def unprovision(lab: Lab) -> None:
@@ -69,52 +82,49 @@ def unprovision(lab: Lab) -> None:
     ssh(lab, lab.vms[0], "systemctl stop etcd; rm -rf /var/lib/etcd/tartan", timeout=60)
 
 
-def add_pod(lab: Lab, vm: Vm, key: str) -> PodOnVm:
-    """`tartanctl pod add` on the VM: the conflist's plugins, run as a runtime runs them."""
-    out = ssh(lab, vm, f"tartanctl pod add {shlex.quote(key)}", timeout=300).stdout.split()
-    return PodOnVm(vm.name, key, out[1])
+def add_pod(nodes: Nodes, node: str, key: str) -> PodOnVm:
+    """`tartanctl pod add` on the node: the conflist's plugins, run as a runtime runs them."""
+    out = nodes.run(node, f"tartanctl pod add {shlex.quote(key)}", timeout=300).split()
+    return PodOnVm(node, key, out[1])
 
 
-def add_pods(lab: Lab, per_vm: int = 1, name: str = "pod") -> list[PodOnVm]:
-    """`per_vm` pods on every VM, default/<vm>-<name><k>."""
-    def one(vm: Vm) -> list[PodOnVm]:
-        return [add_pod(lab, vm, f"default/{vm.name}-{name}{k}") for k in range(1, per_vm + 1)]
+def add_pods(nodes: Nodes, per_vm: int = 1, name: str = "pod") -> list[PodOnVm]:
+    """`per_vm` pods on every node, default/<node>-<name><k>."""
+    def one(node: str) -> list[PodOnVm]:
+        return [add_pod(nodes, node, f"default/{node}-{name}{k}")
+                for k in range(1, per_vm + 1)]
 
-    with ThreadPoolExecutor(len(lab.vms)) as pool:
-        return [pod for pods in pool.map(one, lab.vms) for pod in pods]
-
-
-def delete_all_pods(lab: Lab) -> None:
-    """Every pod `tartanctl pod` made on the VMs."""
-    def one(vm: Vm) -> None:
-        ssh(lab, vm, "for p in $(tartanctl pod list | cut -d' ' -f1); do "
-                     "tartanctl pod del $p >/dev/null; done", timeout=300)
-
-    with ThreadPoolExecutor(len(lab.vms)) as pool:
-        list(pool.map(one, lab.vms))
+    with ThreadPoolExecutor(len(nodes.nodes)) as pool:
+        return [pod for pods in pool.map(one, nodes.nodes) for pod in pods]
 
 
-def delete_pods(lab: Lab, pods: list[PodOnVm]) -> None:
-    for pod in pods:
-        ssh(lab, lab.vm(pod.vm), f"tartanctl pod del {pod.key}", timeout=300)
+def delete_all_pods(nodes: Nodes) -> None:
+    """Every pod `tartanctl pod` made on the nodes."""
+    def one(node: str) -> None:
+        nodes.run(node, "for p in $(tartanctl pod list | cut -d' ' -f1); do "
+                        "tartanctl pod del $p >/dev/null; done", timeout=300)
+
+    with ThreadPoolExecutor(len(nodes.nodes)) as pool:
+        list(pool.map(one, nodes.nodes))
 
 
-def ping_matrix(lab: Lab, pods: list[PodOnVm], tries: int = 3) -> dict[tuple[str, str], bool]:
-    """(from, to) -> answered, for every ordered pair of pods, each VM pinging from its own
-    pods in one ssh session; a pair gets `tries` pings of 2 s."""
-    def one(vm: Vm) -> dict[tuple[str, str], bool]:
-        mine = [p for p in pods if p.vm == vm.name]
+def ping_matrix(nodes: Nodes, pods: list[PodOnVm],
+                tries: int = 3) -> dict[tuple[str, str], bool]:
+    """(from, to) -> answered, for every ordered pair of pods, each node pinging from its own
+    pods in one session; a pair gets `tries` pings of 2 s."""
+    def one(node: str) -> dict[tuple[str, str], bool]:
+        mine = [p for p in pods if p.vm == node]
         lines = [f"if ip netns exec {src.netns} ping -n -q -c {tries} -W 2 -A {dst.ip} "
                  f">/dev/null 2>&1; then echo 'ok {src.key} {dst.key}'; "
                  f"else echo 'no {src.key} {dst.key}'; fi"
                  for src in mine for dst in pods if dst.key != src.key]
-        out = ssh(lab, vm, "\n".join(lines) or "true", timeout=600).stdout
+        out = nodes.run(node, "\n".join(lines) or "true", timeout=600)
         return {(words[1], words[2]): words[0] == "ok"
                 for words in (line.split() for line in out.splitlines()) if len(words) == 3}
 
     matrix: dict[tuple[str, str], bool] = {}
-    with ThreadPoolExecutor(len(lab.vms)) as pool:
-        for part in pool.map(one, lab.vms):
+    with ThreadPoolExecutor(len(nodes.nodes)) as pool:
+        for part in pool.map(one, nodes.nodes):
             matrix.update(part)
     return matrix
 

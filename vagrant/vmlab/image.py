@@ -34,6 +34,7 @@ KERNEL_PACKAGE = "linux-image-amd64"
 PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "iproute2",
             "iptables", "ipset", "python3", "kmod", "iputils-ping", "procps", "conntrack",
             "iperf3", "etcd-server", "containernetworking-plugins", "initramfs-tools",
+            "rsync", "sudo",  # what Vagrant needs in a box (rsync folders, its user's sudo)
             KERNEL_PACKAGE)
 SYSTEM_VERSION = "1"  # bump when the set-up below changes
 DISK_SIZE = "3G"
@@ -90,7 +91,7 @@ class Image:
     kernel_version: str
 
 
-def _run(argv: list[str], what: str) -> str:
+def run(argv: list[str], what: str) -> str:
     run = subprocess.run(argv, capture_output=True, text=True, check=False)
     if run.returncode != 0:
         tail = "\n".join((run.stderr or run.stdout).strip().splitlines()[-5:])
@@ -98,13 +99,13 @@ def _run(argv: list[str], what: str) -> str:
     return str(run.stdout)
 
 
-def _digest(*parts: str) -> str:
+def digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def kernel_version() -> str:
     """The version of the kernel package apt would install (the system's key holds it)."""
-    out = _run(["apt-cache", "policy", KERNEL_PACKAGE], "apt-cache policy")
+    out = run(["apt-cache", "policy", KERNEL_PACKAGE], "apt-cache policy")
     for line in out.splitlines():
         if line.strip().startswith("Candidate:"):
             return line.split(":", 1)[1].strip()
@@ -115,14 +116,14 @@ def lab_key() -> Path:
     key = CACHE / "id_ed25519"
     if not key.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tartan-vm-lab", "-f",
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tartan-vm-lab", "-f",
               str(key)], "ssh-keygen")
     return key
 
 
 def system(say: Callable[[str], None] = print) -> tuple[Path, str]:
     """The system tree for the current inputs, built if missing; (tree, its key)."""
-    key = _digest(SUITE, " ".join(PACKAGES), kernel_version(), SYSTEM_VERSION)
+    key = digest(SUITE, " ".join(PACKAGES), kernel_version(), SYSTEM_VERSION)
     tree = CACHE / f"system-{key}"
     if (tree / ".built").exists():
         return tree, key
@@ -132,7 +133,7 @@ def system(say: Callable[[str], None] = print) -> tuple[Path, str]:
     work.chmod(0o755)  # it becomes the VMs' `/` (mkdtemp makes it 0700)
     try:
         say(f"vm image: debootstrap {SUITE} with {len(PACKAGES)} packages (a few minutes, once)")
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
               str(work), MIRROR], "debootstrap")
         _set_up(work)
         (work / ".built").write_text(key + "\n")
@@ -140,7 +141,7 @@ def system(say: Callable[[str], None] = print) -> tuple[Path, str]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _prune("system-", keep=tree.name)
+    prune("system-", keep=tree.name)
     return tree, key
 
 
@@ -175,7 +176,7 @@ def _set_up(root: Path) -> None:
     _link(network_wants / "systemd-networkd.service",
           "/lib/systemd/system/systemd-networkd.service")
     # sshd's host keys once for the image (a lab VM is reached with StrictHostKeyChecking off)
-    _run(["chroot", str(root), "ssh-keygen", "-A"], "ssh-keygen -A in the image")
+    run(["chroot", str(root), "ssh-keygen", "-A"], "ssh-keygen -A in the image")
     (root / "etc/ssh/sshd_config.d/tartan-vm.conf").write_text(
         "PermitRootLogin prohibit-password\nUseDNS no\n")
     (root / "etc/systemd/journald.conf.d").mkdir(parents=True, exist_ok=True)
@@ -195,8 +196,8 @@ def _small_initramfs(root: Path) -> None:
     mounts = [root / "proc", root / "sys", root / "dev"]
     try:
         for fs, target in zip(("proc", "sysfs", "devtmpfs"), mounts, strict=True):
-            _run(["mount", "-t", fs, fs, str(target)], f"mount {fs} in the image")
-        _run(["chroot", str(root), "update-initramfs", "-u", "-k", "all"],
+            run(["mount", "-t", fs, fs, str(target)], f"mount {fs} in the image")
+        run(["chroot", str(root), "update-initramfs", "-u", "-k", "all"],
              "update-initramfs in the image")
     finally:
         for target in reversed(mounts):
@@ -224,7 +225,7 @@ def _link(path: Path, target: str) -> None:
     path.symlink_to(target)
 
 
-def bundle_digest(bundle: Path) -> str:
+def bundledigest(bundle: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(bundle)).encode() + b"\0")
@@ -232,40 +233,46 @@ def bundle_digest(bundle: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def boot_files(tree: Path, key: str) -> tuple[Path, Path, str]:
+    """The system's kernel (uncompressed) and initrd, cached beside it; and its version."""
+    version = next(p.name for p in (tree / "lib/modules").iterdir())
+    kernel, initrd = CACHE / f"vmlinux-{key}", CACHE / f"initrd-{key}"
+    if not kernel.exists() or not initrd.exists():
+        vmlinux(tree / f"boot/vmlinuz-{version}", kernel)
+        shutil.copyfile(tree / f"boot/initrd.img-{version}", initrd)
+        prune("vmlinux-", keep=kernel.name)
+        prune("initrd-", keep=initrd.name)
+    return kernel, initrd, version
+
+
 def build(bundle: Path, source: Path, say: Callable[[str], None] = print) -> Image:
     """The image for the current system inputs and this bundle, built if missing."""
     if not (bundle / "tartan-full").exists():
         raise ImageError(f"no bundle in {bundle}: run `make bundle` first")
     tree, key = system(say)
-    version = next(p.name for p in (tree / "lib/modules").iterdir())
-    disk_key = _digest(key, bundle_digest(bundle))
+    kernel, initrd, version = boot_files(tree, key)
+    disk_key = digest(key, bundledigest(bundle))
     disk = CACHE / f"disk-{disk_key}.raw"
-    kernel, initrd = CACHE / f"vmlinux-{key}", CACHE / f"initrd-{key}"
-    if not kernel.exists() or not initrd.exists():
-        vmlinux(tree / f"boot/vmlinuz-{version}", kernel)
-        shutil.copyfile(tree / f"boot/initrd.img-{version}", initrd)
-        _prune("vmlinux-", keep=kernel.name)
-        _prune("initrd-", keep=initrd.name)
     if not disk.exists():
         say(f"vm image: installing the bundle ({bundle}) into a disk of {DISK_SIZE}")
         staged = Path(tempfile.mkdtemp(prefix="disk-", dir=CACHE))
         staged.chmod(0o755)
         partial = disk.with_suffix(".partial")
         try:
-            _run(["cp", "-a", "--reflink=auto", f"{tree}/.", str(staged)], "copying the system")
-            _run(["python3", str(source / "packaging/install.py"), "install", "--bundle",
+            run(["cp", "-a", "--reflink=auto", f"{tree}/.", str(staged)], "copying the system")
+            run(["python3", str(source / "packaging/install.py"), "install", "--bundle",
                   str(bundle), "--destdir", str(staged)], "install.py install")
-            _run(["mkfs.ext4", "-q", "-F", "-L", "tartan-vm", "-d", str(staged), str(partial),
+            run(["mkfs.ext4", "-q", "-F", "-L", "tartan-vm", "-d", str(staged), str(partial),
                   DISK_SIZE], "mkfs.ext4 -d")
             partial.rename(disk)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
             partial.unlink(missing_ok=True)
-        _prune("disk-", keep=disk.name)
+        prune("disk-", keep=disk.name)
     return Image(disk, kernel, initrd, lab_key(), version)
 
 
-def _prune(prefix: str, keep: str) -> None:
+def prune(prefix: str, keep: str) -> None:
     """Older builds of a layer go: the cache holds the current one of each."""
     for path in CACHE.glob(f"{prefix}*"):
         if path.name != keep and not path.name.endswith(".partial"):

@@ -94,6 +94,14 @@ class Lab:
             raise VmError(f"VM lab {self.name} has no {name}")
         return found
 
+    # what vmlab.cluster needs of the machines a cluster runs on (cluster.Nodes)
+    @property
+    def nodes(self) -> list[str]:
+        return [vm.name for vm in self.vms]
+
+    def run(self, node: str, command: str, timeout: float = 300) -> str:
+        return ssh(self, self.vm(node), command, timeout=timeout).stdout
+
 
 def _ip(*argv: str, netns: str | None = None) -> None:
     full = ["ip", *(["-n", netns] if netns else []), *argv]
