@@ -1,10 +1,14 @@
 """The node agent's loop: hold a lease, keep the datapath equal to the lease set, forever.
 
-Level-triggered: every pass lists the leases and makes the kernel match them (adding what is
-missing and removing what no lease asks for). A pass runs when the store reports a change
-and at least every reconcile interval, so hand-made damage is repaired too. When the store
-is unreachable the datapath is kept, still reconciled against the last leases seen, and the
-store is retried with backoff.
+Two paths keep the kernel right:
+- A store change is applied incrementally: the store says which leases changed since the
+  revision the agent last saw, and only those peers' entries are written (a renewal that
+  changes nothing writes nothing). Its cost does not grow with the number of peers.
+- The full pass, level-triggered, at start and every reconcile interval (and whenever the
+  store cannot say what changed): every lease listed, the kernel dumped and made to match,
+  so hand-made damage is repaired and whatever no lease asks for is removed.
+When the store is unreachable the datapath is kept, still reconciled against the last leases
+seen, and the store is retried with backoff.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tartan.cni import subnet_env
 from tartan.ipam.lease import (
     ClusterStore,
     Lease,
+    LeaseChanges,
     LeaseError,
     LeaseLost,
     LeaseManager,
@@ -85,8 +90,10 @@ class Agent:
         self.backend, self.settings, self.log, self.metrics = backend, settings, log, metrics
         self.clock = clock
         self._lease: Lease | None = None  # None until acquire(); see `lease`
-        self.peers: list[Lease] = []
-        self.peer_states: list[PeerState] = []
+        self.peers: dict[IPv4Network, Lease] = {}
+        self.peer_states: dict[str, PeerState] = {}  # by subnet
+        self.next_full_pass = 0.0  # clock() at which the next full pass is due
+        self.revision = 0  # the store's, as of start()
         self.ready = False
         self.heartbeat = clock()
         self.passes = 0
@@ -121,6 +128,7 @@ class Agent:
                       backend=self.backend.name, expires=round(self.lease.expiration))
         self.backend.setup(self.lease)
         self._publish_lease()
+        self.next_full_pass = 0.0  # the datapath follows the (new) lease in full
 
     def _publish_lease(self) -> None:
         lease = self.lease
@@ -134,32 +142,36 @@ class Agent:
         self.metrics.lease.labels(str(lease.subnet), self.node.public_ip, self.backend.name).set(1)
         self.metrics.lease_expiry.set(lease.expiration)
 
-    def _track_own_lease(self, leases: list[Lease]) -> None:
-        """Notice a lease deleted or taken over under us, and take one back."""
-        mine = next((x for x in leases if x.subnet == self.lease.subnet), None)
+    def _track_own_lease(self, mine: Lease | None) -> None:
+        """Notice our lease deleted or taken over (`mine` is what the store holds for our
+        subnet now), and take one back."""
         if mine is None or mine.attrs.public_ip != self.node.public_ip:
             self.log.warn("lease.lost", subnet=self.lease.subnet,
                           holder=mine.attrs.public_ip if mine else None)
             self.acquire()
             return
         self._lease = mine
-        if self.manager.needs_renewal(mine):
-            try:
-                self._lease = self.manager.renew(mine)
-            except LeaseLost:
-                self.log.warn("lease.renewal_refused", subnet=mine.subnet)
-                self.acquire()
-                return
-            self.metrics.lease_renewals.inc()
-            self.log.info("lease.renewed", subnet=self.lease.subnet,
-                          expires=round(self.lease.expiration))
-            self._publish_lease()
+
+    def _renew_if_due(self) -> None:
+        if not self.manager.needs_renewal(self.lease):
+            return
+        try:
+            self._lease = self.manager.renew(self.lease)
+        except LeaseLost:
+            self.log.warn("lease.renewal_refused", subnet=self.lease.subnet)
+            self.acquire()
+            return
+        self.metrics.lease_renewals.inc()
+        self.log.info("lease.renewed", subnet=self.lease.subnet,
+                      expires=round(self.lease.expiration))
+        self._publish_lease()
 
     # -- datapath ----------------------------------------------------------------------
 
     def reconcile(self) -> Report:
+        """The full pass (see the module's docstring)."""
         started = time.perf_counter()
-        report = self.backend.reconcile(self.lease, self.peers)
+        report = self.backend.reconcile(self.lease, list(self.peers.values()))
         report.corrections += masq.apply(self.net.network, self.lease.subnet,
                                          self.settings.ip_masq)
         self.metrics.duration.observe(time.perf_counter() - started)
@@ -167,15 +179,54 @@ class Agent:
         if self.passes and report.corrections:
             self.metrics.corrections.inc(report.corrections)
             self.log.info("reconcile.corrected", changes=report.corrections)
-        self._log_peer_changes(report.peers)
-        self.peer_states = report.peers
-        self.metrics.set_peers(Counter((p.backend, p.mode, p.state) for p in report.peers))
+        states = {p.subnet: p for p in report.peers}
+        self._log_peer_changes(self.peer_states, states)
+        self.peer_states = states
+        self._count_peers()
         self.passes += 1
+        self.next_full_pass = self.clock() + self.settings.reconcile_interval
         return report
 
-    def _log_peer_changes(self, states: list[PeerState]) -> None:
-        before = {p.subnet: p for p in self.peer_states}
-        after = {p.subnet: p for p in states}
+    def apply(self, changes: LeaseChanges) -> None:
+        """A store change, incrementally: only the peers whose leases changed are written."""
+        own = self.lease.subnet
+        before: list[Lease] = []
+        after: list[Lease] = []
+        for lease in changes.changed:
+            if lease.subnet == own:
+                self._track_own_lease(lease)
+                continue
+            old = self.peers.get(lease.subnet)
+            self.peers[lease.subnet] = lease
+            if old is not None and old.attrs == lease.attrs:
+                continue  # a renewal: nothing to program
+            if old is not None:
+                before.append(old)
+            after.append(lease)
+        gone = [subnet for subnet in changes.deleted if subnet in self.peers]
+        for subnet in gone:
+            before.append(self.peers.pop(subnet))
+        if own in changes.deleted:
+            self._track_own_lease(None)
+        if not before and not after:
+            return
+        started = time.perf_counter()
+        report = self.backend.program(self.lease, before, after)
+        self.metrics.duration.observe(time.perf_counter() - started)
+        states = dict(self.peer_states)
+        for subnet in gone:
+            states.pop(str(subnet), None)
+        states.update({p.subnet: p for p in report.peers})
+        self._log_peer_changes(self.peer_states, states)
+        self.peer_states = states
+        self._count_peers()
+
+    def _count_peers(self) -> None:
+        self.metrics.set_peers(Counter((p.backend, p.mode, p.state)
+                                       for p in self.peer_states.values()))
+
+    def _log_peer_changes(self, before: dict[str, PeerState],
+                          after: dict[str, PeerState]) -> None:
         for subnet, peer in after.items():
             old = before.get(subnet)
             if old is None or (old.mode, old.state, old.public_ip) != (
@@ -191,24 +242,30 @@ class Agent:
 
     # -- loop --------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self) -> Report:
+        """The lease, then the first full pass; its report."""
         self.acquire()
-        leases, _ = self.store.list_leases()
-        self.peers = [x for x in leases if x.subnet != self.lease.subnet]
-        self.reconcile()
+        leases, self.revision = self.store.list_leases()
+        self.peers = {x.subnet: x for x in leases if x.subnet != self.lease.subnet}
+        report = self.reconcile()
         self.ready = True
         self.metrics.ready.set(1)
-        self.log.info("agent.ready", subnet=self.lease.subnet, peers=len(self.peers))
+        self.log.info("agent.ready", subnet=self.lease.subnet, peers=len(self.peers),
+                      changes=report.corrections)
+        return report
 
     def _refresh(self) -> int:
         leases, revision = self.store.list_leases()
-        self._track_own_lease(leases)
-        self.peers = [x for x in leases if x.subnet != self.lease.subnet]
+        self._track_own_lease(next((x for x in leases if x.subnet == self.lease.subnet), None))
+        self.peers = {x.subnet: x for x in leases if x.subnet != self.lease.subnet}
+        self._store_recovered()
+        return revision
+
+    def _store_recovered(self) -> None:
         if self.outage_since is not None:
             self.log.info("store.recovered",
                           outage_seconds=round(self.clock() - self.outage_since, 1))
             self.outage_since, self.backoff = None, 0.5
-        return revision
 
     def _store_failed(self, exc: Exception) -> None:
         """Back off from the store; the kernel keeps being reconciled meanwhile."""
@@ -220,27 +277,42 @@ class Agent:
         self.backoff = min(self.backoff * 2, MAX_BACKOFF)
 
     def step(self, revision: int) -> tuple[int, float]:
-        """One pass; returns the revision seen and how long the store may keep us waiting."""
+        """One pass, incremental when the store can say what changed since `revision` and no
+        full pass is due; returns the revision seen and how long the store may keep us
+        waiting."""
         delay = self.settings.reconcile_interval
+        full = self.clock() >= self.next_full_pass
         try:
             if self.clock() >= self.next_store_try:
-                revision = self._refresh()
+                changes = None if full else self.store.lease_changes(revision)
+                if changes is None:
+                    revision, full = self._refresh(), True
+                else:
+                    self._store_recovered()
+                    self.apply(changes)
+                    revision = changes.revision
+                self._renew_if_due()
         except StoreUnavailable as exc:
             self._store_failed(exc)
         except LeaseError as exc:  # no subnet to be had right now: keep the datapath, retry
             self.log.error("lease.unavailable", error=str(exc), retry_in=delay)
-        try:
-            self.reconcile()
-        except Exception as exc:  # one bad pass must not stop the agent; report and retry
+        except Exception as exc:  # noqa: BLE001 - an incremental write failed: a full pass
             self.metrics.reconcile_failures.inc()
             self.failures.failed(exc)
-        else:
-            self.failures.succeeded()
+            full = True
+        if full or self.clock() >= self.next_full_pass:
+            try:
+                self.reconcile()
+            except Exception as exc:  # one bad pass must not stop the agent; report, retry
+                self.metrics.reconcile_failures.inc()
+                self.failures.failed(exc)
+            else:
+                self.failures.succeeded()
         self.heartbeat = self.clock()
-        return revision, delay
+        return revision, max(0.0, self.next_full_pass - self.clock())
 
     def run(self, stop: threading.Event) -> None:
-        revision = 0
+        revision = self.revision
         while not stop.is_set():
             revision, delay = self.step(revision)
             if self.outage_since is not None:
@@ -277,7 +349,7 @@ class Agent:
                 "ready": self.ready,
                 "storeReachable": self.outage_since is None,
             },
-            "peers": [p.to_json() for p in self.peer_states],
+            "peers": [p.to_json() for p in self.peer_states.values()],
             **{key: part() for key, part in self.status_parts.items()},
         }
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from tartan.backends import routes
+from tartan.backends import entries, routes
+from tartan.backends.entries import Entries
 from tartan.backends.registry import (
     NodeInfo,
     PeerMode,
@@ -76,13 +77,23 @@ class HostGw:
     def setup(self, own: Lease) -> None:
         return None
 
-    def reconcile(self, own: Lease, peers: list[Lease]) -> Report:
-        report, desired = Report(), []
+    def _wanted(self, peers: list[Lease]) -> Entries:
+        wanted = Entries()
         for peer in peers:
             spec, state = peer_route(peer, self.node)
-            report.peers.append(state)
+            wanted.states.append(state)
             if spec:
-                desired.append(spec)
+                wanted.routes.append(spec)
+        return wanted
+
+    def reconcile(self, own: Lease, peers: list[Lease]) -> Report:
+        wanted = self._wanted(peers)
         with IPRoute() as ipr:
-            report.corrections = routes.sync(ipr, desired)
-        return report
+            changes = entries.sync(ipr, wanted)
+        return Report(peers=wanted.states, corrections=changes)
+
+    def program(self, own: Lease, before: list[Lease], after: list[Lease]) -> Report:
+        wanted = self._wanted(after)
+        with IPRoute() as ipr:
+            changes = entries.apply_delta(ipr, self._wanted(before), wanted)
+        return Report(peers=wanted.states, corrections=changes)

@@ -96,7 +96,16 @@ class Backend(Protocol):
 
     def setup(self, own: Lease) -> None: ...
 
-    def reconcile(self, own: Lease, peers: list[Lease]) -> Report: ...
+    def reconcile(self, own: Lease, peers: list[Lease]) -> Report:
+        """The full pass: the kernel made to hold exactly what `peers` ask for (a dump of
+        each kind, compared); Report.peers holds every peer's state."""
+        ...
+
+    def program(self, own: Lease, before: list[Lease], after: list[Lease]) -> Report:
+        """A store change: the peers whose leases changed, as they were (`before`: removed
+        or changed) and as they are (`after`: added or changed); only the difference is
+        written and nothing else is read. Report.peers holds the states of `after`."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 
-from tartan.backends import routes
+from tartan.backends import entries, routes
+from tartan.backends.entries import Entries
 from tartan.backends.hostgw import peer_route
 from tartan.backends.registry import (
     NodeInfo,
@@ -29,12 +30,12 @@ from tartan.backends.registry import (
 )
 from tartan.ipam.lease import Lease, LeaseAttrs
 from tartan.ipam.netconf import NetConfError, NetworkConfig, flag, whole_number
-from tartan.kernel import addr, link, neigh
+from tartan.kernel import addr, link
+from tartan.kernel.errors import KernelFailure
 from tartan.kernel.link import Link
 from tartan.kernel.neigh import FdbEntry, Neighbour
 from tartan.kernel.route import RouteSpec
 
-E = TypeVar("E", Neighbour, FdbEntry)
 OVERHEAD = 50  # outer IPv4 + UDP + VXLAN headers
 DEFAULT_VNI = 1
 DEFAULT_PORT = 8472  # the Linux kernel's VXLAN port, which flannel uses by default
@@ -97,26 +98,16 @@ def vtep_mac(public_ip: str, vni: int, machine_id: Path = Path("/etc/machine-id"
     return ":".join(f"{b:02x}" for b in digest)
 
 
-class Peers:
-    """What the kernel should hold for a set of peers."""
-
-    def __init__(self) -> None:
-        self.routes: list[RouteSpec] = []
-        self.neighbours: list[Neighbour] = []
-        self.fdb: list[FdbEntry] = []
-        self.states: list[PeerState] = []
-
-
-def vxlan_entries(peers: Iterable[Lease], device: int) -> Peers:
+def vxlan_entries(peers: Iterable[Lease], device: int) -> Entries:
     """What the kernel holds for peers reached through the VXLAN device `device`: a route,
     a neighbour and an FDB entry each (doctor compares the kernel with it)."""
-    wanted = Peers()
+    wanted = Entries()
     for peer in peers:
         _vxlan_peer(peer, device, wanted)
     return wanted
 
 
-def _vxlan_peer(peer: Lease, device: int, wanted: Peers) -> None:
+def _vxlan_peer(peer: Lease, device: int, wanted: Entries) -> None:
     subnet, ip, kind = str(peer.subnet), peer.attrs.public_ip, peer.attrs.backend_type
     mac = str(peer.attrs.backend_data.get("VtepMAC") or "").lower()
     if kind != "vxlan" or not mac:
@@ -130,21 +121,6 @@ def _vxlan_peer(peer: Lease, device: int, wanted: Peers) -> None:
     wanted.fdb.append(FdbEntry(mac, ip))
     wanted.states.append(PeerState(subnet, ip, kind, PeerMode.VXLAN,
                                    PeerProgramming.PROGRAMMED))
-
-
-def _sync_entries(live: Sequence[E], wanted: Sequence[E], put: Callable[[E], object],
-                  remove: Callable[[E], object]) -> int:
-    """Make the kernel's entries `live` equal to `wanted`; the number of changes."""
-    changes = 0
-    for entry in wanted:
-        if entry not in live:
-            put(entry)
-            changes += 1
-    for entry in live:
-        if entry not in wanted:
-            remove(entry)
-            changes += 1
-    return changes
 
 
 @register("vxlan", parse_config)
@@ -208,8 +184,8 @@ class Vxlan:
             changes += 1
         return dev, changes
 
-    def _wanted(self, peers: list[Lease], device: int) -> Peers:
-        wanted = Peers()
+    def _wanted(self, peers: list[Lease], device: int) -> Entries:
+        wanted = Entries()
         for peer in peers:
             if self.conf.direct_routing and self.node.on_segment(peer.attrs.public_ip):
                 spec, state = peer_route(peer, self.node)
@@ -224,13 +200,15 @@ class Vxlan:
         with IPRoute() as ipr:
             dev, changes = self._ensure(ipr, own)
             wanted = self._wanted(peers, dev.index)
-            changes += _sync_entries(
-                neigh.permanent_neighbours(ipr, dev.index), wanted.neighbours,
-                lambda e: neigh.replace_neighbour(ipr, dev.index, e),
-                lambda e: neigh.delete_neighbour(ipr, dev.index, e))
-            changes += _sync_entries(
-                neigh.remote_fdb(ipr, dev.index), wanted.fdb,
-                lambda e: neigh.replace_fdb(ipr, dev.index, e),
-                lambda e: neigh.delete_fdb(ipr, dev.index, e))
-            changes += routes.sync(ipr, wanted.routes)
+            changes += entries.sync(ipr, wanted, dev.index)
+        return Report(peers=wanted.states, corrections=changes)
+
+    def program(self, own: Lease, before: list[Lease], after: list[Lease]) -> Report:
+        with IPRoute() as ipr:
+            dev = link.get(ipr, self.device)
+            if dev is None:
+                raise KernelFailure(f"the VXLAN device {self.device} is gone")
+            wanted = self._wanted(after, dev.index)
+            changes = entries.apply_delta(ipr, self._wanted(before, dev.index), wanted,
+                                          dev.index)
         return Report(peers=wanted.states, corrections=changes)

@@ -119,6 +119,20 @@ class Lease:
     version: int  # opaque compare-and-set token (etcd mod_revision, SQLite row version)
 
 
+@dataclass(frozen=True)
+class LeaseChanges:
+    """What changed after a revision: leases written since (as they are now; a renewal is a
+    write) and subnets whose lease is gone (deleted or expired, and not leased again);
+    `revision` is the one they bring the caller to."""
+
+    revision: int
+    changed: list[Lease]
+    deleted: list[IPv4Network]
+
+    def __len__(self) -> int:
+        return len(self.changed) + len(self.deleted)
+
+
 def subnet_key(subnet: IPv4Network) -> str:
     """flannel's key for a subnet: 10.244.1.0/24 -> "10.244.1.0-24"."""
     return f"{subnet.network_address}-{subnet.prefixlen}"
@@ -155,6 +169,11 @@ class LeaseStore(Protocol):
         """Replace attrs and extend expiry if `lease` is unchanged since read; else None."""
 
     def delete(self, subnet: IPv4Network) -> None: ...
+
+    def lease_changes(self, since: int) -> LeaseChanges | None:
+        """What changed after `since` (a revision `list_leases` or `wait` reported), read at
+        one revision; None when the store can no longer tell (deletions that old are
+        forgotten): the caller lists again."""
 
     def wait(self, revision: int, timeout: float) -> int:
         """Block until leases may have changed after `revision` (a write, an expiry) or

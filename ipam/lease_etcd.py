@@ -13,6 +13,11 @@ create_revision / mod_revision; the mod_revision is the Lease's version.
 
 Revisions are etcd's, one for the cluster. `wait` watches the prefix but the objects' subtree
 and `wait_objects` only that subtree, so neither wakes for the other's writes.
+
+`lease_changes` reads the subnet keys written since a revision (a range by mod_revision) and
+tells deletions from the subnets this client last reported (a keys-only range): flannel's
+layout keeps no tombstones for leases, and etcd's history of deletes cannot be read up to a
+known revision with this client's watch API.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from tartan.ipam.lease import (  # noqa: E402
     Clock,
     Lease,
     LeaseAttrs,
+    LeaseChanges,
     StoreUnavailable,
     parse_subnet_key,
     subnet_key,
@@ -111,6 +117,8 @@ class EtcdLeaseStore:
         self._lock = threading.Lock()
         self._client: etcd3.Etcd3Client | None = None
         self._expiry: dict[int, float] = {}  # etcd lease id -> expiration, once looked up
+        # the subnets of the last list_leases / lease_changes, and its revision
+        self._reported: tuple[int, set[IPv4Network]] = (0, set())
 
     # -- connection -------------------------------------------------------------------
 
@@ -208,7 +216,31 @@ class EtcdLeaseStore:
         live = {kv.lease for kv in kvs}
         self._expiry = {key: at for key, at in self._expiry.items() if key in live}
         found = [lease for lease in leases if lease is not None]
+        self._reported = (revision, {lease.subnet for lease in found})
         return sorted(found, key=lambda lease: lease.subnet), revision
+
+    def lease_changes(self, since: int) -> LeaseChanges | None:
+        reported_at, reported = self._reported
+        if since != reported_at or not since:
+            return None
+        start = self.subnets_prefix.encode()
+        with self._session() as client:
+            kvs, revision = self._range(client, start, _range_end(start),
+                                        min_mod_revision=since + 1)
+            written = [(kv, self._lease(client, kv)) for kv in kvs]
+            keys, _ = self._range(client, start, _range_end(start), revision=revision,
+                                  keys_only=True)
+        present = {subnet for kv in keys if (subnet := self._subnet(kv)) is not None}
+        changed = [lease for _, lease in written if lease is not None]
+        unusable = {subnet for kv, lease in written
+                    if lease is None and (subnet := self._subnet(kv)) is not None}
+        present -= unusable  # expired (etcd deletes it next) or not a lease of ours
+        self._reported = (revision, present)
+        return LeaseChanges(revision, changed, sorted(reported - present))
+
+    def _subnet(self, kv: etcdrpc.KeyValue) -> IPv4Network | None:
+        return parse_subnet_key(kv.key.decode(errors="replace")
+                                .removeprefix(self.subnets_prefix))
 
     def create(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: float) -> Lease | None:
         absent = etcdrpc.Compare(key=self.lease_key(subnet).encode(), result=etcdrpc.Compare.EQUAL,
@@ -341,13 +373,14 @@ class EtcdLeaseStore:
         return kind, key, kv.value
 
     def _range(self, client: etcd3.Etcd3Client, key: bytes, end: bytes, revision: int = 0,
-               min_mod_revision: int = 0) -> tuple[list[etcdrpc.KeyValue], int]:
+               min_mod_revision: int = 0,
+               keys_only: bool = False) -> tuple[list[etcdrpc.KeyValue], int]:
         """Every key in [key, end) at one revision (the current one when 0), a page at a
         time; that revision."""
         kvs: list[etcdrpc.KeyValue] = []
         while True:
             request = etcdrpc.RangeRequest(key=key, range_end=end, limit=PAGE,
-                                           revision=revision,
+                                           revision=revision, keys_only=keys_only,
                                            min_mod_revision=min_mod_revision)
             response = client.kvstub.Range(request, client.timeout, metadata=client.metadata)
             revision = revision or response.header.revision

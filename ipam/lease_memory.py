@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from ipaddress import IPv4Network
 from typing import Any
 
-from tartan.ipam.lease import Clock, Lease, LeaseAttrs, poll_wait, renewed_expiration
+from tartan.ipam.lease import (
+    Clock,
+    Lease,
+    LeaseAttrs,
+    LeaseChanges,
+    poll_wait,
+    renewed_expiration,
+)
 from tartan.ipam.objects import (
     ObjectChanges,
     Objects,
@@ -29,6 +36,7 @@ class MemoryLeaseStore:
         self.clock = clock
         self._cond = threading.Condition()
         self._leases: dict[IPv4Network, Lease] = {}
+        self._gone: dict[IPv4Network, int] = {}  # subnet -> revision its lease went at
         self._config: dict | None = None
         self._revision = 1
         self._objects_cond = threading.Condition()  # objects: their own revision and waiters
@@ -69,7 +77,20 @@ class MemoryLeaseStore:
     def delete(self, subnet: IPv4Network) -> None:
         with self._cond:
             if self._leases.pop(subnet, None) is not None:
-                self._bump()
+                self._gone[subnet] = self._bump()
+
+    def lease_changes(self, since: int) -> LeaseChanges | None:
+        with self._cond:
+            if not 0 <= since <= self._revision:
+                return None
+            now = self.clock()
+            changed = [lease for lease in self._leases.values()
+                       if lease.version > since and lease.expiration > now]
+            deleted = [subnet for subnet, at in self._gone.items()
+                       if at > since and subnet not in self._leases]
+            deleted += [lease.subnet for lease in self._leases.values()
+                        if lease.version > since and lease.expiration <= now]
+            return LeaseChanges(self._revision, changed, deleted)
 
     def wait(self, revision: int, timeout: float) -> int:
         return poll_wait(revision, timeout, self._expire, self._sleep)
@@ -125,6 +146,7 @@ class MemoryLeaseStore:
     def _put(self, lease: Lease) -> Lease:
         stored = Lease(lease.subnet, lease.attrs, lease.expiration, self._bump())
         self._leases[lease.subnet] = stored
+        self._gone.pop(lease.subnet, None)
         return stored
 
     def _bump(self) -> int:
@@ -144,7 +166,8 @@ class MemoryLeaseStore:
             for subnet in expired:
                 del self._leases[subnet]
             if expired:
-                self._bump()
+                revision = self._bump()
+                self._gone.update(dict.fromkeys(expired, revision))
             return self._revision
 
     def _sleep(self, seconds: float) -> None:

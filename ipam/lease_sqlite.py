@@ -32,6 +32,7 @@ from tartan.ipam.lease import (
     Clock,
     Lease,
     LeaseAttrs,
+    LeaseChanges,
     StoreUnavailable,
     StoreUnusable,
     poll_wait,
@@ -51,13 +52,14 @@ from tartan.ipam.objects import (
 _PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                                errno.EACCES, errno.EPERM, errno.EROFS})
 DEFAULT_BUSY_TIMEOUT = 5.0
-TOMBSTONE_REVISIONS = 100_000  # deletions kept for `object_changes`, in object revisions
+TOMBSTONE_REVISIONS = 100_000  # deletions kept for `*_changes`, in revisions of their kind
 SCHEMA = """
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS tartan_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     revision INTEGER NOT NULL,
-    config TEXT
+    config TEXT,
+    compacted INTEGER NOT NULL DEFAULT 0
 );
 INSERT OR IGNORE INTO tartan_state (id, revision, config) VALUES (1, 1, NULL);
 CREATE TABLE IF NOT EXISTS tartan_leases (
@@ -65,6 +67,10 @@ CREATE TABLE IF NOT EXISTS tartan_leases (
     attrs TEXT NOT NULL,
     expiration REAL NOT NULL,
     version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tartan_lease_tombstones (
+    subnet TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tartan_object_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -94,10 +100,16 @@ MIGRATIONS = (
      "INTEGER NOT NULL DEFAULT 0"),
     ("tartan_object_state", "compacted", "ALTER TABLE tartan_object_state ADD COLUMN compacted "
      "INTEGER NOT NULL DEFAULT 0; UPDATE tartan_object_state SET compacted = revision"),
+    ("tartan_state", "compacted", "ALTER TABLE tartan_state ADD COLUMN compacted "
+     "INTEGER NOT NULL DEFAULT 0; UPDATE tartan_state SET compacted = revision"),
 )
 INDEXES = """
 CREATE INDEX IF NOT EXISTS tartan_objects_by_revision ON tartan_objects (revision);
 CREATE INDEX IF NOT EXISTS tartan_tombstones_by_revision ON tartan_object_tombstones (revision);
+CREATE INDEX IF NOT EXISTS tartan_leases_by_version ON tartan_leases (version);
+CREATE INDEX IF NOT EXISTS tartan_leases_by_expiration ON tartan_leases (expiration);
+CREATE INDEX IF NOT EXISTS tartan_lease_tombstones_by_revision
+    ON tartan_lease_tombstones (revision);
 """
 T = TypeVar("T")
 
@@ -228,7 +240,26 @@ class SqliteLeaseStore:
     def delete(self, subnet: IPv4Network) -> None:
         with self._write() as db:
             if db.execute("DELETE FROM tartan_leases WHERE subnet = ?", (str(subnet),)).rowcount:
-                _bump(db)
+                _bury(db, [str(subnet)], _bump(db))
+
+    @_translated
+    def lease_changes(self, since: int) -> LeaseChanges | None:
+        with self._read() as db:
+            revision, compacted = db.execute(
+                "SELECT revision, compacted FROM tartan_state").fetchone()
+            if not compacted <= since <= revision:
+                return None
+            rows = db.execute("SELECT subnet, attrs, expiration, version FROM tartan_leases "
+                              "WHERE version > ?", (since,)).fetchall()
+            gone = db.execute("SELECT subnet FROM tartan_lease_tombstones WHERE revision > ? "
+                              "AND subnet NOT IN (SELECT subnet FROM tartan_leases)",
+                              (since,)).fetchall()
+        now = self.clock()
+        changed = [lease for lease in map(_lease, rows)
+                   if lease is not None and lease.expiration > now]
+        deleted = [IPv4Network(subnet) for (subnet,) in gone]
+        deleted += [IPv4Network(row[0]) for row in rows if row[2] <= now]
+        return LeaseChanges(revision, changed, deleted)
 
     def wait(self, revision: int, timeout: float) -> int:
         return poll_wait(revision, timeout, self._expire)
@@ -326,8 +357,10 @@ class SqliteLeaseStore:
         if not due:
             return revision
         with self._write() as db:
-            if db.execute("DELETE FROM tartan_leases WHERE expiration <= ?", (now,)).rowcount:
-                _bump(db)
+            due = [subnet for (subnet,) in db.execute(
+                "DELETE FROM tartan_leases WHERE expiration <= ? RETURNING subnet", (now,))]
+            if due:
+                _bury(db, due, _bump(db))
             (revision,) = db.execute("SELECT revision FROM tartan_state").fetchone()
         return revision
 
@@ -344,6 +377,15 @@ def _bump(db: sqlite3.Connection) -> int:
     (revision,) = db.execute(
         "UPDATE tartan_state SET revision = revision + 1 RETURNING revision").fetchone()
     return revision
+
+
+def _bury(db: sqlite3.Connection, subnets: list[str], revision: int) -> None:
+    """Remember that these subnets' leases went at `revision` (for `lease_changes`)."""
+    db.executemany("INSERT OR REPLACE INTO tartan_lease_tombstones VALUES (?, ?)",
+                   [(subnet, revision) for subnet in subnets])
+    below = revision - TOMBSTONE_REVISIONS
+    if db.execute("DELETE FROM tartan_lease_tombstones WHERE revision <= ?", (below,)).rowcount:
+        db.execute("UPDATE tartan_state SET compacted = MAX(compacted, ?)", (below,))
 
 
 def _bump_objects(db: sqlite3.Connection) -> int:

@@ -146,3 +146,79 @@ def test_renewal_keeps_the_subnet_through_its_first_ttl(kit: StoreKit):
     kit.advance(kit.min_ttl * 1.5)  # past the first expiry, inside the renewed one
     assert [x.version for x in store.list_leases()[0]] == [renewed.version]
     assert not math.isinf(renewed.expiration)
+
+
+def _apply_changes(listing: dict, changes) -> dict:
+    for lease in changes.changed:
+        listing[lease.subnet] = lease
+    for subnet in changes.deleted:
+        listing.pop(subnet, None)
+    return listing
+
+
+def _listing(store) -> dict:
+    return {lease.subnet: lease for lease in store.list_leases()[0]}
+
+
+def _comparable(listing: dict) -> dict:
+    """etcd's expirations are each client's reading of the TTL: compare the rest."""
+    return {subnet: (lease.attrs, lease.version) for subnet, lease in listing.items()}
+
+
+def test_lease_changes_tell_what_was_written_and_deleted_since(kit: StoreKit):
+    """What the agent's incremental path follows: from the revision its listing gave."""
+    store, other = kit.open(), kit.open()
+    kept, renewed, dropped = net("10.244.1.0/24"), net("10.244.2.0/24"), net("10.244.3.0/24")
+    for subnet in (kept, renewed, dropped):
+        store.create(subnet, attrs(), TTL)
+    leases, start = other.list_leases()
+    nothing = other.lease_changes(start)
+    assert nothing is not None and len(nothing) == 0 and nothing.revision == start
+    old = next(lease for lease in leases if lease.subnet == renewed)
+    assert store.update(old, attrs(mac="aa:bb:cc:00:00:99"), TTL) is not None
+    store.delete(dropped)
+    store.create(SUBNET, attrs("192.168.50.9"), TTL)
+    store.create(net("10.244.9.0/24"), attrs(), TTL)
+    store.delete(net("10.244.9.0/24"))  # made and gone since: at most a deletion
+    changes = other.lease_changes(nothing.revision)
+    assert changes is not None
+    assert {lease.subnet for lease in changes.changed} == {renewed, SUBNET}
+    assert set(changes.deleted) - {net("10.244.9.0/24")} == {dropped}
+    assert changes.revision == other.list_leases()[1]
+    assert [lease.attrs.backend_data["VtepMAC"] for lease in changes.changed
+            if lease.subnet == renewed] == ["aa:bb:cc:00:00:99"]
+
+
+def test_lease_changes_applied_to_a_listing_give_the_next_listing(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    for index in range(1, 7):
+        store.create(net(f"10.244.{index}.0/24"), attrs(), TTL)
+    leases, revision = other.list_leases()
+    listing = {lease.subnet: lease for lease in leases}
+    for round_ in range(3):
+        store.delete(net(f"10.244.{round_ * 2 + 1}.0/24"))
+        store.create(net(f"10.244.{20 + round_}.0/24"), attrs(), TTL)
+        changes = other.lease_changes(revision)
+        assert changes is not None
+        listing, revision = _apply_changes(listing, changes), changes.revision
+        assert _comparable(listing) == _comparable(_listing(store))
+
+
+def test_an_expired_lease_is_a_deletion(kit: StoreKit):
+    store, other = kit.open(), kit.open()
+    store.create(SUBNET, attrs(), kit.min_ttl)
+    store.create(net("10.244.8.0/24"), attrs(), TTL)
+    _, revision = other.list_leases()
+    threading.Timer(0.2, kit.advance, (kit.min_ttl + 0.5,)).start()
+    assert wait_until(other, lambda: len(other.list_leases()[0]) == 1, timeout=10)
+    changes = other.lease_changes(revision)
+    if changes is None:  # this client listed meanwhile: from that listing, then
+        return
+    assert changes.deleted == [SUBNET] and changes.changed == []
+
+
+def test_lease_changes_from_a_revision_never_reported_is_none(kit: StoreKit):
+    store = kit.open()
+    store.create(SUBNET, attrs(), TTL)
+    _, revision = store.list_leases()
+    assert store.lease_changes(revision + 1000) is None
