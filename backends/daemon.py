@@ -40,6 +40,7 @@ from tartan.ipam.netconf import NetworkConfig
 from tartan.kernel.errors import TartanError
 
 MAX_BACKOFF = 10.0
+WAKE = 0.5  # longest a wait on the store keeps the loop from the kernel monitor's call
 
 
 class NoLease(RuntimeError):
@@ -93,6 +94,8 @@ class Agent:
         self.peers: dict[IPv4Network, Lease] = {}
         self.peer_states: dict[str, PeerState] = {}  # by subnet
         self.next_full_pass = 0.0  # clock() at which the next full pass is due
+        self.kernel_changed = threading.Event()  # set by the kernel monitor: a pass, now
+        self.kernel_change = ""
         self.revision = 0  # the store's, as of start()
         self.ready = False
         self.heartbeat = clock()
@@ -282,6 +285,11 @@ class Agent:
         waiting."""
         delay = self.settings.reconcile_interval
         full = self.clock() >= self.next_full_pass
+        if self.kernel_changed.is_set():
+            self.kernel_changed.clear()
+            self.log.info("datapath.changed", change=self.kernel_change,
+                          note="a full pass puts it back")
+            full = True
         try:
             if self.clock() >= self.next_store_try:
                 changes = None if full else self.store.lease_changes(revision)
@@ -311,6 +319,11 @@ class Agent:
         self.heartbeat = self.clock()
         return revision, max(0.0, self.next_full_pass - self.clock())
 
+    def kernel_changed_by_hand(self, what: str) -> None:
+        """The kernel monitor's call (from its thread): wake the loop for a full pass."""
+        self.kernel_change = what
+        self.kernel_changed.set()
+
     def run(self, stop: threading.Event) -> None:
         revision = self.revision
         while not stop.is_set():
@@ -319,11 +332,13 @@ class Agent:
                 delay = min(delay, max(0.05, self.next_store_try - self.clock()))
             deadline = self.clock() + delay
             while not stop.is_set() and self.clock() < deadline:
+                if self.kernel_changed.is_set():
+                    break
                 if self.outage_since is not None:
                     stop.wait(deadline - self.clock())
                     break
                 try:
-                    changed = self.store.wait(revision, min(1.0, deadline - self.clock()))
+                    changed = self.store.wait(revision, min(WAKE, deadline - self.clock()))
                 except StoreUnavailable:
                     break
                 self.heartbeat = self.clock()

@@ -6,6 +6,9 @@ entries), and the two ways the agent makes the kernel hold it:
 - `apply_delta`, a store change: the entries of the peers that changed, before and after,
   with no dump; it touches nothing else.
 
+Both read and write through kernel/bulk.py (filtered dumps, batched writes): with thousands
+of peers, one pyroute2 call per entry is where the time would go.
+
 Both compare entries by identity: a route by its destination, a neighbour by its IP, an FDB
 entry by MAC and VTEP. A changed entry is replaced in place before anything stale is
 removed, so a peer that moves is never unreachable in between.
@@ -13,15 +16,14 @@ removed, so a peer that moves is never unreachable in between.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pyroute2 import IPRoute
-
 from tartan.backends.registry import PeerState
 from tartan.backends.routes import PROTO_TARTAN
-from tartan.kernel import neigh, route
+from tartan.kernel.bulk import Event, Rtnl
 from tartan.kernel.neigh import FdbEntry, Neighbour
 from tartan.kernel.route import RouteSpec
 
@@ -36,6 +38,60 @@ class Entries:
     neighbours: list[Neighbour] = field(default_factory=list)  # on the VXLAN device
     fdb: list[FdbEntry] = field(default_factory=list)  # on the VXLAN device
     states: list[PeerState] = field(default_factory=list)
+
+
+class Desired:
+    """What the kernel was last asked to hold (by the full pass, then by each change since),
+    kept so that what the kernel announces can be told apart: Tartan's own writes agree
+    with it; an entry of Tartan's deleted or changed by someone else does not."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.device = 0  # the VXLAN device's index; 0 for host-gw
+        self.uplink = 0
+        self.routes: dict[Hashable, Hashable] = {}
+        self.neighbours: dict[str, str] = {}
+        self.fdb: set[FdbEntry] = set()
+
+    def replace(self, wanted: Entries, device: int) -> None:
+        with self.lock:
+            self.device = device
+            self.routes = {route_identity(r): _route_value(r) for r in wanted.routes}
+            self.neighbours = {n.ip: n.mac for n in wanted.neighbours}
+            self.fdb = set(wanted.fdb)
+
+    def update(self, before: Entries, after: Entries) -> None:
+        with self.lock:
+            kept = {route_identity(r) for r in after.routes}
+            for spec in before.routes:
+                if route_identity(spec) not in kept:
+                    self.routes.pop(route_identity(spec), None)
+            self.routes.update({route_identity(r): _route_value(r) for r in after.routes})
+            ips = {n.ip for n in after.neighbours}
+            for entry in before.neighbours:
+                if entry.ip not in ips:
+                    self.neighbours.pop(entry.ip, None)
+            self.neighbours.update({n.ip: n.mac for n in after.neighbours})
+            self.fdb -= set(before.fdb) - set(after.fdb)
+            self.fdb |= set(after.fdb)
+
+    def disagrees(self, event: Event) -> bool:
+        """Whether the kernel's announcement says it no longer holds what it was asked to
+        (or holds something of Tartan's nobody asked for)."""
+        entry = event.entry
+        with self.lock:
+            if isinstance(entry, int):
+                return entry in (self.device, self.uplink) and entry != 0
+            if isinstance(entry, RouteSpec):
+                wanted = self.routes.get(route_identity(entry))
+                return (wanted == _route_value(entry)) if event.deleted else (
+                    wanted != _route_value(entry))
+            if event.ifindex != self.device or not self.device:
+                return False
+            if isinstance(entry, Neighbour):
+                mac = self.neighbours.get(entry.ip)
+                return (mac is not None) if event.deleted else mac != entry.mac
+            return (entry in self.fdb) == event.deleted
 
 
 def route_identity(spec: RouteSpec) -> Hashable:
@@ -65,47 +121,52 @@ def _changes(live: Iterable[E], wanted: Iterable[E], identity: Callable[[E], Has
     return put, remove
 
 
-def _apply(put: list[E], remove: list[E], do_put: Callable[[E], object],
-           do_remove: Callable[[E], object]) -> int:
-    for entry in put:
-        do_put(entry)
-    for entry in remove:
-        do_remove(entry)
+def _apply(put: list[E], remove: list[E], do_put: Callable[[list[E]], None],
+           do_remove: Callable[[list[E]], None]) -> int:
+    if put:
+        do_put(put)
+    if remove:
+        do_remove(remove)
     return len(put) + len(remove)
 
 
-def sync(ipr: IPRoute, wanted: Entries, vxlan_device: int = 0) -> int:
+def sync(wanted: Entries, desired: Desired, vxlan_device: int = 0) -> int:
     """The full pass: the kernel's Tartan routes (and the VXLAN device's permanent
     neighbours and remote FDB entries) made exactly `wanted`; the number of changes."""
+    desired.replace(wanted, vxlan_device)  # first: the writes below then agree with it
     changes = 0
-    if vxlan_device:
-        changes += _apply(*_changes(neigh.permanent_neighbours(ipr, vxlan_device),
-                                    wanted.neighbours, neighbour_identity),
-                          lambda e: neigh.replace_neighbour(ipr, vxlan_device, e),
-                          lambda e: neigh.delete_neighbour(ipr, vxlan_device, e))
-        changes += _apply(*_changes(neigh.remote_fdb(ipr, vxlan_device), wanted.fdb,
-                                    fdb_identity),
-                          lambda e: neigh.replace_fdb(ipr, vxlan_device, e),
-                          lambda e: neigh.delete_fdb(ipr, vxlan_device, e))
-    changes += _apply(*_changes(route.by_protocol(ipr, PROTO_TARTAN), wanted.routes,
-                                route_identity, _route_value),
-                      lambda spec: route.replace(ipr, spec),
-                      lambda spec: route.delete(ipr, spec))
+    with Rtnl() as rtnl:
+        if vxlan_device:
+            changes += _apply(*_changes(rtnl.permanent_neighbours(vxlan_device),
+                                        wanted.neighbours, neighbour_identity),
+                              lambda es: rtnl.replace_neighbours(vxlan_device, es),
+                              lambda es: rtnl.delete_neighbours(vxlan_device, es))
+            changes += _apply(*_changes(rtnl.remote_fdb(vxlan_device), wanted.fdb,
+                                        fdb_identity),
+                              lambda es: rtnl.replace_fdb(vxlan_device, es),
+                              lambda es: rtnl.delete_fdb(vxlan_device, es))
+        changes += _apply(*_changes(rtnl.routes(PROTO_TARTAN), wanted.routes, route_identity,
+                                    _route_value),
+                          rtnl.replace_routes, rtnl.delete_routes)
     return changes
 
 
-def apply_delta(ipr: IPRoute, before: Entries, after: Entries, vxlan_device: int = 0) -> int:
+def apply_delta(before: Entries, after: Entries, desired: Desired,
+                vxlan_device: int = 0) -> int:
     """A store change: `before` is what the changed peers' old leases asked for, `after`
     what their new ones ask for; only the difference is written, with no dump."""
+    desired.update(before, after)
     changes = 0
-    if vxlan_device:
-        changes += _apply(*_changes(before.neighbours, after.neighbours, neighbour_identity),
-                          lambda e: neigh.replace_neighbour(ipr, vxlan_device, e),
-                          lambda e: neigh.delete_neighbour(ipr, vxlan_device, e))
-        changes += _apply(*_changes(before.fdb, after.fdb, fdb_identity),
-                          lambda e: neigh.replace_fdb(ipr, vxlan_device, e),
-                          lambda e: neigh.delete_fdb(ipr, vxlan_device, e))
-    changes += _apply(*_changes(before.routes, after.routes, route_identity, _route_value),
-                      lambda spec: route.replace(ipr, spec),
-                      lambda spec: route.delete(ipr, spec))
+    with Rtnl() as rtnl:
+        if vxlan_device:
+            changes += _apply(*_changes(before.neighbours, after.neighbours,
+                                        neighbour_identity),
+                              lambda es: rtnl.replace_neighbours(vxlan_device, es),
+                              lambda es: rtnl.delete_neighbours(vxlan_device, es))
+            changes += _apply(*_changes(before.fdb, after.fdb, fdb_identity),
+                              lambda es: rtnl.replace_fdb(vxlan_device, es),
+                              lambda es: rtnl.delete_fdb(vxlan_device, es))
+        changes += _apply(*_changes(before.routes, after.routes, route_identity,
+                                    _route_value),
+                          rtnl.replace_routes, rtnl.delete_routes)
     return changes

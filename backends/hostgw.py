@@ -6,8 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from tartan.backends import entries, routes
 from tartan.backends.entries import Entries
 from tartan.backends.registry import (
@@ -58,6 +56,8 @@ class HostGw:
 
     def __init__(self, conf: HostGwConfig, net: NetworkConfig, node: NodeInfo) -> None:
         self.conf, self.node = conf, node
+        self.desired = entries.Desired()
+        self.desired.uplink = node.iface_index
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(public_ip=self.node.public_ip, backend_type="host-gw", backend_data={})
@@ -88,12 +88,9 @@ class HostGw:
 
     def reconcile(self, own: Lease, peers: list[Lease]) -> Report:
         wanted = self._wanted(peers)
-        with IPRoute() as ipr:
-            changes = entries.sync(ipr, wanted)
-        return Report(peers=wanted.states, corrections=changes)
+        return Report(peers=wanted.states, corrections=entries.sync(wanted, self.desired))
 
     def program(self, own: Lease, before: list[Lease], after: list[Lease]) -> Report:
         wanted = self._wanted(after)
-        with IPRoute() as ipr:
-            changes = entries.apply_delta(ipr, self._wanted(before), wanted)
+        changes = entries.apply_delta(self._wanted(before), wanted, self.desired)
         return Report(peers=wanted.states, corrections=changes)

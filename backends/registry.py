@@ -11,10 +11,13 @@ import enum
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tartan.ipam.lease import Lease, LeaseAttrs
 from tartan.ipam.netconf import NetConfError, NetworkConfig, show, string, whole_number
+
+if TYPE_CHECKING:
+    from tartan.backends.entries import Desired
 
 DEFAULT_TYPE = "vxlan"
 # flannel backends an operator may carry over in a config; named so the error says
@@ -81,6 +84,7 @@ class Report:
 
 class Backend(Protocol):
     name: str
+    desired: Desired  # what it last asked the kernel to hold (the kernel monitor reads it)
 
     def lease_attrs(self) -> LeaseAttrs: ...
 

@@ -131,6 +131,8 @@ class Vxlan:
         self.conf, self.node = conf, node
         self.device = device_name(conf.vni)
         self.mac = vtep_mac(node.public_ip, conf.vni)
+        self.desired = entries.Desired()
+        self.desired.uplink = node.iface_index
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(public_ip=self.node.public_ip, backend_type="vxlan",
@@ -200,7 +202,7 @@ class Vxlan:
         with IPRoute() as ipr:
             dev, changes = self._ensure(ipr, own)
             wanted = self._wanted(peers, dev.index)
-            changes += entries.sync(ipr, wanted, dev.index)
+        changes += entries.sync(wanted, self.desired, dev.index)
         return Report(peers=wanted.states, corrections=changes)
 
     def program(self, own: Lease, before: list[Lease], after: list[Lease]) -> Report:
@@ -208,7 +210,7 @@ class Vxlan:
             dev = link.get(ipr, self.device)
             if dev is None:
                 raise KernelFailure(f"the VXLAN device {self.device} is gone")
-            wanted = self._wanted(after, dev.index)
-            changes = entries.apply_delta(ipr, self._wanted(before, dev.index), wanted,
-                                          dev.index)
+        wanted = self._wanted(after, dev.index)
+        changes = entries.apply_delta(self._wanted(before, dev.index), wanted, self.desired,
+                                      dev.index)
         return Report(peers=wanted.states, corrections=changes)

@@ -9,6 +9,10 @@ Every write bumps one revision counter; `wait` polls it, and expires due leases 
 Objects (ipam/objects.py) are rows of `tartan_objects`, with a counter of their own in
 `tartan_object_state` that `wait_objects` polls: object writes do not wake `wait`, and lease
 writes do not wake `wait_objects`. Opening an older file adds both tables.
+
+Waits sleep on inotify (kernel/inotify.py) until the file or its WAL is written, by this
+process or another, and check the revision then (and once a second regardless): an idle
+agent does not poll. Where inotify cannot be had, they poll as before.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, TypeVar
 from tartan.ipam.lease import (
     DEFAULT_SQLITE_PATH,
     OBJECT_POLL_INTERVAL,
+    POLL_INTERVAL,
     Clock,
     Lease,
     LeaseAttrs,
@@ -47,11 +52,14 @@ from tartan.ipam.objects import (
     encode_object,
     objects_by_kind,
 )
+from tartan.kernel.inotify import FileWatch
 
 # Opening fails this way only when the path itself is wrong: no retry will fix it.
 _PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                                errno.EACCES, errno.EPERM, errno.EROFS})
 DEFAULT_BUSY_TIMEOUT = 5.0
+WATCHED_CHECK_INTERVAL = 1.0  # a watched wait checks this often even when nothing woke it
+SETTLE_PAUSES = (0.001, 0.003, 0.01, 0.03)  # after a wake: the commit shows within these
 TOMBSTONE_REVISIONS = 100_000  # deletions kept for `*_changes`, in revisions of their kind
 SCHEMA = """
 BEGIN IMMEDIATE;
@@ -137,6 +145,8 @@ class SqliteLeaseStore:
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()  # one connection, shared by the caller's threads
         self._conn = self._connect()
+        self._watches = threading.local()  # a FileWatch per waiting thread (each reads its own)
+        self._all_watches: list[FileWatch] = []
 
     def explain(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
@@ -262,11 +272,48 @@ class SqliteLeaseStore:
         return LeaseChanges(revision, changed, deleted)
 
     def wait(self, revision: int, timeout: float) -> int:
-        return poll_wait(revision, timeout, self._expire)
+        return self._poll(revision, timeout, self._expire, POLL_INTERVAL)
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            for watch in self._all_watches:
+                watch.close()
+            self._all_watches.clear()
+
+    def _poll(self, revision: int, timeout: float, check: Callable[[], int],
+              interval: float) -> int:
+        """poll_wait, sleeping on the file's watch where there is one."""
+        watch = self._watch()
+        if watch is None:
+            return poll_wait(revision, timeout, check, interval=interval)
+        deadline = time.monotonic() + timeout
+        current = check()
+        while current == revision and (left := deadline - time.monotonic()) > 0:
+            if watch.wait(min(WATCHED_CHECK_INTERVAL, left)):
+                # A writer appends to the WAL (what wakes the watch) before it publishes the
+                # commit in the shared index: look again for a moment until it shows.
+                for pause in SETTLE_PAUSES:
+                    current = check()
+                    if current != revision:
+                        return current
+                    time.sleep(pause)
+            current = check()
+        return current
+
+    def _watch(self) -> FileWatch | None:
+        if not hasattr(self._watches, "watch"):
+            watch: FileWatch | None
+            try:
+                watch = FileWatch(self.path.parent, (self.path.name, f"{self.path.name}-wal"))
+            except OSError:
+                watch = None  # no inotify here (limits, or the kernel's): poll
+            self._watches.watch = watch
+            if watch is not None:
+                with self._lock:
+                    self._all_watches.append(watch)
+        found: FileWatch | None = self._watches.watch
+        return found
 
     # -- the ObjectStore protocol -----------------------------------------------------
 
@@ -315,8 +362,7 @@ class SqliteLeaseStore:
                              deleted_by_kind(gone))
 
     def wait_objects(self, revision: int, timeout: float) -> int:
-        return poll_wait(revision, timeout, self._object_revision,
-                         interval=OBJECT_POLL_INTERVAL)
+        return self._poll(revision, timeout, self._object_revision, OBJECT_POLL_INTERVAL)
 
     # -- transactions -----------------------------------------------------------------
 

@@ -171,6 +171,41 @@ def test_reconcile_restores_deleted_entries_and_removes_stale_ones(cluster):
     assert "tartan_reconcile_corrections_total" in a.get("/metrics")
 
 
+def test_hand_made_damage_is_repaired_at_once_not_at_the_next_full_pass(cluster):
+    """The kernel monitor: with full passes ten minutes apart, a deleted route, neighbour
+    and FDB entry and a stray route are put right within seconds."""
+    a, b = cluster.add_node(1), cluster.add_node(2)
+    for node in (a, b):
+        cluster.start(node, None, "--reconcile-interval", "600")
+    for node in (a, b):
+        cluster.wait_ready(node)
+    sub_b = b.subnet()
+    gw_b = sub_b.split("/")[0]
+    eventually(lambda: _assert_in(sub_b, a.routes()), PEERS, what=f"route to {sub_b}")
+
+    def neighbour() -> str:
+        return a.ns.run("ip", "neigh", "show", gw_b, "dev", "tartan.1").stdout
+
+    def fdb() -> str:
+        return a.ns.run("bridge", "fdb", "show", "dev", "tartan.1").stdout
+
+    a.ns.run("ip", "route", "del", sub_b)
+    eventually(lambda: _assert_in(sub_b, a.routes()), PEERS, what=f"route to {sub_b} restored")
+    a.ns.run("ip", "neigh", "del", gw_b, "dev", "tartan.1")
+    eventually(lambda: _assert_in("PERMANENT", neighbour()), PEERS, what="neighbour restored")
+    a.ns.run("bridge", "fdb", "del", _vtep_mac(b), "dev", "tartan.1", "dst", b.ip, "self")
+    eventually(lambda: _assert_in(f"dst {b.ip}", fdb()), PEERS, what="FDB entry restored")
+    a.ns.run("ip", "route", "add", "10.244.250.0/24", "via", "10.244.250.0", "dev", "tartan.1",
+             "onlink", "proto", "152")
+    eventually(lambda: _assert_not_in("10.244.250.0/24", a.routes()), PEERS,
+               what="stray route removed")
+    assert "datapath.changed" in a.log.read_text()
+
+
+def _vtep_mac(node: Node) -> str:
+    return node.ns.run("cat", "/sys/class/net/tartan.1/address").stdout.strip()
+
+
 def test_restart_keeps_subnet_and_datapath(cluster):
     a, b = two_vxlan_nodes(cluster)
     before = a.subnet()
