@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
-.PHONY: all deps apt venv demo vm-lab test test-vagrant unit lint bench bench-dataplane bench-netpol bench-capture bench-vm \
+.PHONY: all deps apt venv demo vm-lab test test-vagrant unit lint bench bench-dataplane bench-netpol bench-capture bench-vm bench-scale \
 	clean bundle \
 	install uninstall
 
@@ -133,6 +133,9 @@ bench-netpol: deps
 
 bench-capture: deps
 	$(PY) bench/capture.py --report bench/reports/capture.md
+
+bench-scale: deps bundle
+	$(PY) bench/scale.py --report bench/reports/scale.md
 
 bench-vm: deps bundle
 	$(PY) bench/vm.py --report bench/reports/vm.md

@@ -95,7 +95,7 @@ class Desired:
 
 
 def route_identity(spec: RouteSpec) -> Hashable:
-    return spec.network
+    return spec.dst  # "a.b.c.d/len", as the kernel's dumps and str(IPv4Network) spell it
 
 
 def neighbour_identity(entry: Neighbour) -> Hashable:
@@ -107,7 +107,7 @@ def fdb_identity(entry: FdbEntry) -> Hashable:
 
 
 def _route_value(spec: RouteSpec) -> Hashable:
-    return (spec.network, spec.gw, spec.oif, spec.onlink)
+    return (spec.dst, spec.gw, spec.oif, spec.onlink)
 
 
 def _changes(live: Iterable[E], wanted: Iterable[E], identity: Callable[[E], Hashable],

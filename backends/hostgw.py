@@ -41,7 +41,7 @@ def not_on_segment(peer: Lease, node: NodeInfo) -> str:
 
 def peer_route(peer: Lease, node: NodeInfo) -> tuple[routes.RouteSpec | None, PeerState]:
     """The host-gw route to a peer, or why there can't be one."""
-    subnet, ip = str(peer.subnet), peer.attrs.public_ip
+    (subnet, _), ip = routes.spelled(peer.subnet), peer.attrs.public_ip
     if not node.on_segment(ip):
         return None, PeerState.skipped(subnet, ip, peer.attrs.backend_type,
                                        not_on_segment(peer, node))

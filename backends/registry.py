@@ -8,7 +8,9 @@ only the top level (Network, SubnetLen, SubnetMin, SubnetMax).
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,8 +42,16 @@ class NodeInfo:
     iface_gso_max: int = 0  # its gso_ipv4_max_size (IPv4 BIG TCP when above 65536)
 
     def on_segment(self, ip: str) -> bool:
-        address = ipaddress.ip_address(ip)
-        return any(address in net for net in self.segments)
+        try:
+            address = int.from_bytes(socket.inet_aton(ip), "big")  # a pass asks per peer
+        except OSError:
+            return False
+        return any(address & mask == network for network, mask in self._segment_masks)
+
+    @functools.cached_property
+    def _segment_masks(self) -> tuple[tuple[int, int], ...]:
+        return tuple((int(net.network_address), int(net.netmask)) for net in self.segments
+                     if net.version == 4)
 
 
 class PeerMode(enum.StrEnum):

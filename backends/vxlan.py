@@ -108,13 +108,13 @@ def vxlan_entries(peers: Iterable[Lease], device: int) -> Entries:
 
 
 def _vxlan_peer(peer: Lease, device: int, wanted: Entries) -> None:
-    subnet, ip, kind = str(peer.subnet), peer.attrs.public_ip, peer.attrs.backend_type
+    ip, kind = peer.attrs.public_ip, peer.attrs.backend_type
+    subnet, gateway = routes.spelled(peer.subnet)
     mac = str(peer.attrs.backend_data.get("VtepMAC") or "").lower()
     if kind != "vxlan" or not mac:
         reason = f"peer {ip} uses backend {kind!r} without a VTEP MAC: mixed backends"
         wanted.states.append(PeerState.skipped(subnet, ip, kind, reason))
         return
-    gateway = str(peer.subnet.network_address)
     wanted.routes.append(RouteSpec(dst=subnet, gw=gateway, oif=device, onlink=True,
                                    proto=routes.PROTO_TARTAN))
     wanted.neighbours.append(Neighbour(gateway, mac))

@@ -133,6 +133,40 @@ class CniServer:
         return fields["VmRSS"], fields["VmHWM"]
 
 
+class Tartand(CniServer):
+    """The bundle's full tartand (what `make install` runs, as `tartand`) serving the CNI
+    socket, with its normal background work: its store (SQLite, here in `work`), the
+    reconcile loop and kernel monitor, NetworkPolicy, metrics. Its uplink is a veth in the
+    bench's node namespace with an address of its own, nowhere routed."""
+
+    def __enter__(self) -> CniServer:
+        from cni_run import ip
+
+        work = self.path.parent
+        ip("link", "add", "tartan-up0", "type", "veth", "peer", "name", "tartan-up1")
+        ip("addr", "add", "198.18.250.1/24", "dev", "tartan-up0")
+        for dev in ("tartan-up0", "tartan-up1"):
+            ip("link", "set", dev, "up")
+        (work / "net-conf.json").write_text('{"Network": "10.251.0.0/16"}')
+        binary = work / "agent-bin" / "tartand"
+        binary.parent.mkdir(exist_ok=True)
+        binary.symlink_to(BUNDLE_CNI.parent / "tartan-full")
+        argv = [str(binary), "--store", f"sqlite:{work / 'leases.db'}", "--net-config",
+                str(work / "net-conf.json"), "--iface", "tartan-up0", "--subnet-file",
+                str(work / "tartand-subnet.env"), "--cni-socket", str(self.path),
+                "--cni-journal", str(work / "journal"), "--http-addr", "127.0.0.1:9818",
+                "--node-name", "bench", "--ip-masq"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while not self.path.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise BenchError(f"tartand did not start: {self.log_tail()}")
+            time.sleep(0.02)
+        return self
+
+
 def missing_bundle_message() -> str:
     return (f"{BUNDLE_CNI} is missing: run make bundle; skipping "
             f"{', '.join(BUNDLE_IMPLS)}")

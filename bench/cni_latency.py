@@ -196,6 +196,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory", type=int, default=0, metavar="PAIRS",
                    help="also the CNI server's VmRSS/VmHWM over PAIRS tartan-agent pairs, "
                    "sampled every 100")
+    p.add_argument("--agent", choices=("server", "tartand"), default="server",
+                   help="what serves tartan-agent's socket: the bare CNI server (python -m "
+                   "tartan.cni.server, default) or the bundle's full tartand, as installed")
     p.add_argument("--report", type=Path, help="write a Markdown report (and a PNG next to it)")
     args = p.parse_args(argv)
     if args.meta and "tartan-meta" not in args.impl:
@@ -244,7 +247,12 @@ def make_impls(names: Sequence[str], tartan_ipam: str, work: Path) -> list[Impl]
     return impls
 
 
-def describe(impl: Impl) -> str:
+AGENTS = {"server": "the bare CNI server (`python -m tartan.cni.server`)",
+          "tartand": "the bundle's full tartand (SQLite store, reconcile loop, kernel monitor, "
+                     "NetworkPolicy, metrics, --ip-masq)"}
+
+
+def describe(impl: Impl, agent_kind: str = "server") -> str:
     plugin = f"`{impl.plugin}`"
     if impl.name in cni_agent.BUNDLE_IMPLS:
         plugin = f"`dist/tartan/tartan-cni` called as `{impl.plugin.name}`"
@@ -253,8 +261,8 @@ def describe(impl: Impl) -> str:
                 f"tartan-bridge + `{impl.ipam}`, bridge `{impl.bridge}`, subnet {impl.subnet} "
                 f"from `subnet.env` with FLANNEL_IPMASQ=true (so the delegate has no ipMasq)")
     socket = dict(impl.env).get("TARTAN_CNI_SOCKET")
-    agent = ("" if socket is None else ", agent up" if impl.name in cni_agent.AGENT_IMPLS
-             else ", no agent (fallback)")
+    agent = ("" if socket is None else f", served by {AGENTS[agent_kind]}"
+             if impl.name in cni_agent.AGENT_IMPLS else ", no agent (fallback)")
     return (f"{impl.name}: {plugin} + `{impl.ipam}`, bridge `{impl.bridge}`, "
             f"subnet {impl.subnet}{agent}")
 
@@ -281,7 +289,8 @@ def measure(args: argparse.Namespace, impls: list[Impl], work: Path) -> Measured
             # Started here, the server shares this process's network and mount namespace.
             server = None
             if cni_agent.needs_agent(impls) or args.memory:
-                server = stack.enter_context(cni_agent.CniServer(work))
+                kind = cni_agent.Tartand if args.agent == "tartand" else cni_agent.CniServer
+                server = stack.enter_context(kind(work))
             starts = measure_starts(impls, starts_count)
             bench = Bench(impls, args.modes, args.pairs, args.warmup, namespaces, data_dir)
             results = bench.run_pairs()
@@ -335,7 +344,7 @@ def run(args: argparse.Namespace) -> Outcome:
         shutil.rmtree(work, ignore_errors=True)
     return Outcome(
         command=shlex.join([sys.executable, *sys.argv]), cni_version=CNI_VERSION,
-        warmup=args.warmup, pairs=args.pairs, setup=[describe(i) for i in impls],
+        warmup=args.warmup, pairs=args.pairs, setup=[describe(i, args.agent) for i in impls],
         results=measured.results, starts=measured.starts, sections=measured.sections,
     )
 

@@ -58,6 +58,7 @@ from tartan.kernel.inotify import FileWatch
 _PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                                errno.EACCES, errno.EPERM, errno.EROFS})
 DEFAULT_BUSY_TIMEOUT = 5.0
+FETCH_BATCH = 500  # subnets per SELECT ... IN (...) (SQLite allows 999 parameters by default)
 WATCHED_CHECK_INTERVAL = 1.0  # a watched wait checks this often even when nothing woke it
 SETTLE_PAUSES = (0.001, 0.003, 0.01, 0.03)  # after a wake: the commit shows within these
 TOMBSTONE_REVISIONS = 100_000  # deletions kept for `*_changes`, in revisions of their kind
@@ -145,6 +146,7 @@ class SqliteLeaseStore:
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()  # one connection, shared by the caller's threads
         self._conn = self._connect()
+        self._listed: dict[str, Lease] = {}  # the last listing, by subnet text
         self._watches = threading.local()  # a FileWatch per waiting thread (each reads its own)
         self._all_watches: list[FileWatch] = []
 
@@ -208,12 +210,31 @@ class SqliteLeaseStore:
 
     @_translated
     def list_leases(self) -> tuple[list[Lease], int]:
+        """Every unexpired lease. A lease whose version this store listed before is reused,
+        not decoded again: the agent's full pass lists thousands of leases that rarely
+        change (0.19 s of CPU at 5,000 when every one was decoded)."""
+        known = self._listed
         with self._read() as db:
             (revision,) = db.execute("SELECT revision FROM tartan_state").fetchone()
-            rows = db.execute("SELECT subnet, attrs, expiration, version FROM tartan_leases "
-                              "WHERE expiration > ?", (self.clock(),)).fetchall()
-        leases = [lease for lease in map(_lease, rows) if lease is not None]
-        return sorted(leases, key=lambda lease: lease.subnet), revision
+            rows = db.execute("SELECT subnet, version FROM tartan_leases WHERE expiration > ?",
+                              (self.clock(),)).fetchall()
+            stale = [subnet for subnet, version in rows
+                     if (seen := known.get(subnet)) is None or seen.version != version]
+            fetched = {}
+            for first in range(0, len(stale), FETCH_BATCH):
+                chunk = stale[first:first + FETCH_BATCH]
+                fetched.update((row[0], row) for row in db.execute(
+                    "SELECT subnet, attrs, expiration, version FROM tartan_leases WHERE subnet "
+                    f"IN ({','.join('?' * len(chunk))})", chunk))
+        listed: dict[str, Lease] = {}
+        for subnet, version in rows:
+            lease = known.get(subnet)
+            if lease is None or lease.version != version:
+                lease = _lease(fetched[subnet]) if subnet in fetched else None
+            if lease is not None:
+                listed[subnet] = lease
+        self._listed = listed
+        return sorted(listed.values(), key=_subnet_order), revision
 
     @_translated
     def create(self, subnet: IPv4Network, attrs: LeaseAttrs, ttl: float) -> Lease | None:
@@ -463,6 +484,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def _subnet_order(lease: Lease) -> tuple[int, int]:
+    return int(lease.subnet.network_address), lease.subnet.prefixlen
 
 
 def _lease(row: tuple[str, str, float, int]) -> Lease | None:

@@ -55,16 +55,50 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return RTA.pack(length, kind) + payload + b"\0" * (-length % 4)
 
 
-def _attrs(data: memoryview, offset: int, end: int) -> Iterator[tuple[int, memoryview]]:
-    while offset + RTA.size <= end:
-        length, kind = RTA.unpack_from(data, offset)
-        if length < RTA.size:
-            return
-        yield kind & 0x3FFF, data[offset + RTA.size:offset + length]
+ROUTE_ATTRS = frozenset({RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE})
+NEIGH_ATTRS = frozenset({NDA_DST, NDA_LLADDR})
+
+
+def _pick(data: bytes, offset: int, end: int, kinds: frozenset[int]) -> dict[int, bytes]:
+    """The attributes of `kinds` among those from `offset` to `end` (the others skipped)."""
+    found = {}
+    unpack = RTA.unpack_from
+    while offset + 4 <= end:
+        length, kind = unpack(data, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF in kinds:
+            found[kind & 0x3FFF] = data[offset + 4:offset + length]
         offset += (length + 3) & ~3
+    return found
 
 
-def _messages(data: memoryview, size: int) -> Iterator[tuple[int, int, int, int]]:
+def _route(data: bytes, start: int, end: int, family: int, proto: int,
+           table: int) -> RouteSpec | None:
+    """The route of one RTM_NEWROUTE/DELROUTE message, if of `family`, `proto`, `table`."""
+    (rfamily, dst_len, _src, _tos, rtable, rproto, _scope, _type,
+     flags) = RTMSG.unpack_from(data, start)
+    if rfamily != family or rproto != proto:
+        return None
+    attrs = _pick(data, start + RTMSG.size, end, ROUTE_ATTRS)
+    if RTA_TABLE in attrs:
+        (rtable,) = U32.unpack(attrs[RTA_TABLE])
+    if rtable != table:
+        return None
+    ntop = socket.inet_ntoa if family == socket.AF_INET else _ntop6
+    dst = ntop(attrs[RTA_DST]) if RTA_DST in attrs else (
+        "0.0.0.0" if family == socket.AF_INET else "::")
+    gateway = ntop(attrs[RTA_GATEWAY]) if RTA_GATEWAY in attrs else ""
+    oif = U32.unpack(attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
+    return RouteSpec(dst=f"{dst}/{dst_len}", gw=gateway, oif=oif, table=table,
+                     onlink=bool(flags & RTNH_F_ONLINK), proto=proto)
+
+
+def _ntop6(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def _messages(data: bytes, size: int) -> Iterator[tuple[int, int, int, int]]:
     """(type, sequence, start of payload, end) of every message in one read."""
     offset = 0
     while offset + NLMSGHDR.size <= size:
@@ -129,7 +163,7 @@ class Rtnl:
 
     # -- dumps ------------------------------------------------------------------------
 
-    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[memoryview, int, int]]:
+    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[bytes, int, int]]:
         """(buffer, start of the message's payload, its end) for every message answered."""
         self.seq += 1
         seq = self.seq
@@ -137,7 +171,7 @@ class Rtnl:
                                      NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         while True:
             size = self._receive()
-            data = memoryview(self.buffer)[:size]
+            data = bytes(self.buffer[:size])
             for mtype, mseq, start, end in _messages(data, size):
                 if mseq != seq:
                     continue
@@ -157,28 +191,10 @@ class Rtnl:
         if table >= 256:
             request += _attr(RTA_TABLE, U32.pack(table))
         found = []
-        ntop = socket.inet_ntoa if family == socket.AF_INET else (
-            lambda raw: socket.inet_ntop(socket.AF_INET6, raw))
-        default = "0.0.0.0" if family == socket.AF_INET else "::"
         for data, start, end in self._dump(RTM_GETROUTE, request):
-            (rfamily, dst_len, _src_len, _tos, rtable, rproto, _scope, _type,
-             flags) = RTMSG.unpack_from(data, start)
-            if rfamily != family or rproto != proto:
-                continue
-            dst, gateway, oif = default, "", 0
-            for kind, value in _attrs(data, start + RTMSG.size, end):
-                if kind == RTA_DST:
-                    dst = ntop(bytes(value))
-                elif kind == RTA_GATEWAY:
-                    gateway = ntop(bytes(value))
-                elif kind == RTA_OIF:
-                    (oif,) = U32.unpack_from(value)
-                elif kind == RTA_TABLE:
-                    (rtable,) = U32.unpack_from(value)
-            if rtable != table:
-                continue
-            found.append(RouteSpec(dst=f"{dst}/{dst_len}", gw=gateway, oif=oif, table=table,
-                                   onlink=bool(flags & RTNH_F_ONLINK), proto=proto))
+            spec = _route(data, start, end, family, proto, table)
+            if spec is not None:
+                found.append(spec)
         return found
 
     def _neighbours(self, family: int, index: int) -> Iterator[tuple[int, int, dict[int, bytes]]]:
@@ -191,9 +207,7 @@ class Rtnl:
             nfamily, _p1, _p2, nindex, state, flags, _type = NDMSG.unpack_from(data, start)
             if nfamily != family or nindex != index:
                 continue
-            attrs = {kind: bytes(value) for kind, value in _attrs(data, start + NDMSG.size, end)
-                     if kind in (NDA_DST, NDA_LLADDR)}
-            yield state, flags, attrs
+            yield state, flags, _pick(data, start + NDMSG.size, end, NEIGH_ATTRS)
 
     def permanent_neighbours(self, index: int) -> list[Neighbour]:
         """kernel/neigh.permanent_neighbours's answer."""
@@ -233,7 +247,7 @@ class Rtnl:
         failures, pending = [], len(chunk)
         while pending:
             size = self._receive()
-            data = memoryview(self.buffer)[:size]
+            data = bytes(self.buffer[:size])
             for mtype, seq, start, _end in _messages(data, size):
                 index = seq - base
                 if mtype == NLMSG_ERROR and 0 <= index < len(chunk):
@@ -246,19 +260,20 @@ class Rtnl:
 
     @staticmethod
     def _route_body(spec: RouteSpec) -> bytes:
-        network = spec.network
-        family = spec.family
-        pton = socket.inet_aton if family == socket.AF_INET else (
-            lambda text: socket.inet_pton(socket.AF_INET6, text))
+        address, _, length = spec.dst.partition("/")  # ip_network() would cost 30 us a route
+        if ":" in address:
+            family, raw = socket.AF_INET6, socket.inet_pton(socket.AF_INET6, address)
+        else:
+            family, raw = socket.AF_INET, socket.inet_aton(address)
         table = spec.table
-        body = RTMSG.pack(family, network.prefixlen, 0, 0, table if table < 256 else 0,
+        body = RTMSG.pack(family, int(length), 0, 0, table if table < 256 else 0,
                           spec.proto, RT_SCOPE_UNIVERSE, RTN_UNICAST,
                           RTNH_F_ONLINK if spec.onlink else 0)
-        attrs = [_attr(RTA_DST, pton(str(network.network_address)))]
+        attrs = [_attr(RTA_DST, raw)]
         if table >= 256:
             attrs.append(_attr(RTA_TABLE, U32.pack(table)))
         if spec.gw:
-            attrs.append(_attr(RTA_GATEWAY, pton(spec.gw)))
+            attrs.append(_attr(RTA_GATEWAY, socket.inet_pton(family, spec.gw)))
         if spec.oif:
             attrs.append(_attr(RTA_OIF, U32.pack(spec.oif)))
         return body + b"".join(attrs)
@@ -347,14 +362,15 @@ class Events:
             if exc.errno == errno.ENOBUFS:
                 return [None]
             raise
-        data = memoryview(self.buffer)[:size]
+        data = bytes(self.buffer[:size])
         found = (self._parse(mtype, data, start, end)
                  for mtype, _seq, start, end in _messages(data, size))
         return [event for event in found if event is not None]
 
-    def _parse(self, mtype: int, data: memoryview, start: int, end: int) -> Event | None:
+    def _parse(self, mtype: int, data: bytes, start: int, end: int) -> Event | None:
         if mtype in (RTM_NEWROUTE, RTM_DELROUTE):
-            return self._route(mtype == RTM_DELROUTE, data, start, end)
+            spec = _route(data, start, end, socket.AF_INET, self.proto, RT_TABLE_MAIN)
+            return None if spec is None else Event(mtype == RTM_DELROUTE, spec)
         if mtype in (RTM_NEWNEIGH, RTM_DELNEIGH):
             return _neighbour(mtype == RTM_DELNEIGH, data, start, end)
         if mtype in (RTM_NEWLINK, RTM_DELLINK):
@@ -362,31 +378,10 @@ class Events:
             return Event(mtype == RTM_DELLINK, index)
         return None
 
-    def _route(self, deleted: bool, data: memoryview, start: int, end: int) -> Event | None:
-        (family, dst_len, _src, _tos, table, proto, _scope, _type,
-         flags) = RTMSG.unpack_from(data, start)
-        if family != socket.AF_INET or proto != self.proto:
-            return None
-        dst, gateway, oif = "0.0.0.0", "", 0
-        for kind, value in _attrs(data, start + RTMSG.size, end):
-            if kind == RTA_DST:
-                dst = socket.inet_ntoa(bytes(value))
-            elif kind == RTA_GATEWAY:
-                gateway = socket.inet_ntoa(bytes(value))
-            elif kind == RTA_OIF:
-                (oif,) = U32.unpack_from(value)
-            elif kind == RTA_TABLE:
-                (table,) = U32.unpack_from(value)
-        if table != RT_TABLE_MAIN:
-            return None
-        return Event(deleted, RouteSpec(dst=f"{dst}/{dst_len}", gw=gateway, oif=oif,
-                                        onlink=bool(flags & RTNH_F_ONLINK), proto=proto))
 
-
-def _neighbour(deleted: bool, data: memoryview, start: int, end: int) -> Event | None:
+def _neighbour(deleted: bool, data: bytes, start: int, end: int) -> Event | None:
     family, _p1, _p2, index, state, flags, _type = NDMSG.unpack_from(data, start)
-    attrs = {kind: bytes(value) for kind, value in _attrs(data, start + NDMSG.size, end)
-             if kind in (NDA_DST, NDA_LLADDR)}
+    attrs = _pick(data, start + NDMSG.size, end, NEIGH_ATTRS)
     mac, dst = attrs.get(NDA_LLADDR, b""), attrs.get(NDA_DST, b"")
     if family == socket.AF_INET and len(dst) == 4:
         # an entry that is no longer permanent (`ip neigh del` first fails it, and the

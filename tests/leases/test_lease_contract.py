@@ -222,3 +222,19 @@ def test_lease_changes_from_a_revision_never_reported_is_none(kit: StoreKit):
     store.create(SUBNET, attrs(), TTL)
     _, revision = store.list_leases()
     assert store.lease_changes(revision + 1000) is None
+
+
+def test_a_listing_after_a_write_shows_it_to_the_client_that_listed_before(kit: StoreKit):
+    """Stores may reuse what they listed before (SQLite does): never a stale lease."""
+    store, other = kit.open(), kit.open()
+    for index in range(1, 4):
+        store.create(net(f"10.244.{index}.0/24"), attrs(), TTL)
+    (first, *_), _ = other.list_leases()
+    store.update(first, attrs(mac="aa:bb:cc:00:00:42"), TTL)
+    store.delete(net("10.244.2.0/24"))
+    store.create(net("10.244.5.0/24"), attrs("192.168.50.5"), TTL)
+    leases, _ = other.list_leases()
+    assert [str(lease.subnet) for lease in leases] == ["10.244.1.0/24", "10.244.3.0/24",
+                                                        "10.244.5.0/24"]
+    assert leases[0].attrs.backend_data["VtepMAC"] == "aa:bb:cc:00:00:42"
+    assert leases[2].attrs.public_ip == "192.168.50.5"
