@@ -83,14 +83,18 @@ class CniServer:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> CniServer:
-        argv = [str(VENV_BIN / "python"), "-m", "tartan.cni.server", "--socket", str(self.path)]
+        return self._start([str(VENV_BIN / "python"), "-m", "tartan.cni.server", "--socket",
+                            str(self.path)], "the CNI server")
+
+    def _start(self, argv: list[str], what: str) -> CniServer:
+        """`argv` started, and waited for until its socket is there."""
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while not self.path.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
-                raise BenchError(f"the CNI server did not start: {self.log_tail()}")
+                raise BenchError(f"{what} did not start: {self.log_tail()}")
             time.sleep(0.02)
         return self
 
@@ -156,15 +160,7 @@ class Tartand(CniServer):
                 str(work / "tartand-subnet.env"), "--cni-socket", str(self.path),
                 "--cni-journal", str(work / "journal"), "--http-addr", "127.0.0.1:9818",
                 "--node-name", "bench", "--ip-masq"]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while not self.path.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise BenchError(f"tartand did not start: {self.log_tail()}")
-            time.sleep(0.02)
-        return self
+        return self._start(argv, "tartand")
 
 
 def missing_bundle_message() -> str:

@@ -220,7 +220,7 @@ class SqliteLeaseStore:
                               (self.clock(),)).fetchall()
             stale = [subnet for subnet, version in rows
                      if (seen := known.get(subnet)) is None or seen.version != version]
-            fetched = {}
+            fetched: dict[str, tuple[str, str, float, int]] = {}
             for first in range(0, len(stale), FETCH_BATCH):
                 chunk = stale[first:first + FETCH_BATCH]
                 fetched.update((row[0], row) for row in db.execute(
