@@ -49,6 +49,17 @@ def add_store_flags(p: argparse.ArgumentParser) -> None:
                    help="key prefix; flannel's default reads an existing flannel tree")
 
 
+def seconds(text: str) -> float:
+    """A flag's number of seconds, above 0 (0 would make the loop spin)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tartand", description="Tartan node agent")
     add_store_flags(p)
@@ -61,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="masquerade pod traffic leaving the cluster network")
     p.add_argument("--http-addr", default=DEFAULT_HTTP_ADDR,
                    help="HOST:PORT for /healthz, /readyz, /metrics, /status")
-    p.add_argument("--reconcile-interval", type=float, default=DEFAULT_RECONCILE_INTERVAL,
+    p.add_argument("--reconcile-interval", type=seconds, default=DEFAULT_RECONCILE_INTERVAL,
                    help="seconds between full passes over the datapath; store changes and "
                    "hand-made damage are applied at once (default: %(default)g)")
     p.add_argument("--lease-ttl", type=float, default=lease_defaults.DEFAULT_TTL,
@@ -194,11 +205,17 @@ def serve_cni(agent: Agent, path: str, log: Log, policy: PolicyHost | None) -> C
     return server
 
 
-def start_monitor(agent: Agent, log: Log) -> KernelMonitor:
-    """Hand-made damage to the datapath repaired at once (backends/monitor.py)."""
+def start_monitor(agent: Agent, log: Log) -> KernelMonitor | None:
+    """Hand-made damage to the datapath repaired at once (backends/monitor.py); without the
+    kernel's announcements, at the next full pass."""
     from tartan.backends.monitor import KernelMonitor
 
-    return KernelMonitor(agent.backend.desired, agent.kernel_changed_by_hand, log).start()
+    try:
+        return KernelMonitor(agent.backend.desired, agent.kernel_changed_by_hand).start()
+    except OSError as exc:
+        log.warn("monitor.unavailable", error=str(exc),
+                 note="hand-made damage is repaired at each full pass only")
+        return None
 
 
 def start_policy(agent: Agent, args: argparse.Namespace, log: Log,
@@ -241,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("agent.started", http=args.http_addr, store=args.store.split(":")[0])
     agent.run(stop)
-    monitor.stop()
+    if monitor:
+        monitor.stop()
     if cni:
         cni.stop()
     server.shutdown()

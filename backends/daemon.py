@@ -40,7 +40,7 @@ from tartan.ipam.netconf import NetworkConfig
 from tartan.kernel.errors import TartanError
 
 MAX_BACKOFF = 10.0
-WAKE = 0.5  # longest a wait on the store keeps the loop from the kernel monitor's call
+WAKE = 1.0  # longest a wait on the store keeps the loop from the kernel monitor's call
 
 
 class NoLease(RuntimeError):

@@ -45,35 +45,27 @@ class Desired:
     kept so that what the kernel announces can be told apart: Tartan's own writes agree
     with it; an entry of Tartan's deleted or changed by someone else does not."""
 
-    def __init__(self) -> None:
+    def __init__(self, uplink: int) -> None:
         self.lock = threading.Lock()
+        self.uplink = uplink
         self.device = 0  # the VXLAN device's index; 0 for host-gw
-        self.uplink = 0
+        # each kind by identity -> value, as _changes compares them
         self.routes: dict[Hashable, Hashable] = {}
-        self.neighbours: dict[str, str] = {}
-        self.fdb: set[FdbEntry] = set()
+        self.neighbours: dict[Hashable, Hashable] = {}
+        self.fdb: dict[Hashable, Hashable] = {}
 
     def replace(self, wanted: Entries, device: int) -> None:
         with self.lock:
             self.device = device
             self.routes = {route_identity(r): _route_value(r) for r in wanted.routes}
-            self.neighbours = {n.ip: n.mac for n in wanted.neighbours}
-            self.fdb = set(wanted.fdb)
+            self.neighbours = {neighbour_identity(n): n for n in wanted.neighbours}
+            self.fdb = {fdb_identity(f): f for f in wanted.fdb}
 
     def update(self, before: Entries, after: Entries) -> None:
         with self.lock:
-            kept = {route_identity(r) for r in after.routes}
-            for spec in before.routes:
-                if route_identity(spec) not in kept:
-                    self.routes.pop(route_identity(spec), None)
-            self.routes.update({route_identity(r): _route_value(r) for r in after.routes})
-            ips = {n.ip for n in after.neighbours}
-            for entry in before.neighbours:
-                if entry.ip not in ips:
-                    self.neighbours.pop(entry.ip, None)
-            self.neighbours.update({n.ip: n.mac for n in after.neighbours})
-            self.fdb -= set(before.fdb) - set(after.fdb)
-            self.fdb |= set(after.fdb)
+            _follow(self.routes, before.routes, after.routes, route_identity, _route_value)
+            _follow(self.neighbours, before.neighbours, after.neighbours, neighbour_identity)
+            _follow(self.fdb, before.fdb, after.fdb, fdb_identity)
 
     def disagrees(self, event: Event) -> bool:
         """Whether the kernel's announcement says it no longer holds what it was asked to
@@ -89,9 +81,20 @@ class Desired:
             if event.ifindex != self.device or not self.device:
                 return False
             if isinstance(entry, Neighbour):
-                mac = self.neighbours.get(entry.ip)
-                return (mac is not None) if event.deleted else mac != entry.mac
-            return (entry in self.fdb) == event.deleted
+                held = self.neighbours.get(neighbour_identity(entry))
+                # a neighbour's deletion is announced without its MAC
+                return (held is not None) if event.deleted else held != entry
+            return (fdb_identity(entry) in self.fdb) == event.deleted
+
+
+def _follow(held: dict[Hashable, Hashable], before: Iterable[E], after: Iterable[E],
+            identity: Callable[[E], Hashable],
+            value: Callable[[E], Hashable] = lambda e: e) -> None:
+    """`held` after the change from `before` to `after` (what apply_delta writes)."""
+    put, remove = _changes(before, after, identity, value)
+    for entry in remove:
+        held.pop(identity(entry), None)
+    held.update((identity(e), value(e)) for e in put)
 
 
 def route_identity(spec: RouteSpec) -> Hashable:
@@ -134,21 +137,12 @@ def sync(wanted: Entries, desired: Desired, vxlan_device: int = 0) -> int:
     """The full pass: the kernel's Tartan routes (and the VXLAN device's permanent
     neighbours and remote FDB entries) made exactly `wanted`; the number of changes."""
     desired.replace(wanted, vxlan_device)  # first: the writes below then agree with it
-    changes = 0
     with Rtnl() as rtnl:
+        live = Entries(rtnl.routes(PROTO_TARTAN))
         if vxlan_device:
-            changes += _apply(*_changes(rtnl.permanent_neighbours(vxlan_device),
-                                        wanted.neighbours, neighbour_identity),
-                              lambda es: rtnl.replace_neighbours(vxlan_device, es),
-                              lambda es: rtnl.delete_neighbours(vxlan_device, es))
-            changes += _apply(*_changes(rtnl.remote_fdb(vxlan_device), wanted.fdb,
-                                        fdb_identity),
-                              lambda es: rtnl.replace_fdb(vxlan_device, es),
-                              lambda es: rtnl.delete_fdb(vxlan_device, es))
-        changes += _apply(*_changes(rtnl.routes(PROTO_TARTAN), wanted.routes, route_identity,
-                                    _route_value),
-                          rtnl.replace_routes, rtnl.delete_routes)
-    return changes
+            live.neighbours = rtnl.permanent_neighbours(vxlan_device)
+            live.fdb = rtnl.remote_fdb(vxlan_device)
+        return _converge(rtnl, live, wanted, vxlan_device)
 
 
 def apply_delta(before: Entries, after: Entries, desired: Desired,
@@ -156,17 +150,20 @@ def apply_delta(before: Entries, after: Entries, desired: Desired,
     """A store change: `before` is what the changed peers' old leases asked for, `after`
     what their new ones ask for; only the difference is written, with no dump."""
     desired.update(before, after)
-    changes = 0
     with Rtnl() as rtnl:
-        if vxlan_device:
-            changes += _apply(*_changes(before.neighbours, after.neighbours,
-                                        neighbour_identity),
-                              lambda es: rtnl.replace_neighbours(vxlan_device, es),
-                              lambda es: rtnl.delete_neighbours(vxlan_device, es))
-            changes += _apply(*_changes(before.fdb, after.fdb, fdb_identity),
-                              lambda es: rtnl.replace_fdb(vxlan_device, es),
-                              lambda es: rtnl.delete_fdb(vxlan_device, es))
-        changes += _apply(*_changes(before.routes, after.routes, route_identity,
-                                    _route_value),
-                          rtnl.replace_routes, rtnl.delete_routes)
+        return _converge(rtnl, before, after, vxlan_device)
+
+
+def _converge(rtnl: Rtnl, held: Entries, wanted: Entries, vxlan_device: int) -> int:
+    """Write what takes the kernel from `held` to `wanted`; the number of changes."""
+    changes = 0
+    if vxlan_device:
+        changes += _apply(*_changes(held.neighbours, wanted.neighbours, neighbour_identity),
+                          lambda es: rtnl.replace_neighbours(vxlan_device, es),
+                          lambda es: rtnl.delete_neighbours(vxlan_device, es))
+        changes += _apply(*_changes(held.fdb, wanted.fdb, fdb_identity),
+                          lambda es: rtnl.replace_fdb(vxlan_device, es),
+                          lambda es: rtnl.delete_fdb(vxlan_device, es))
+    changes += _apply(*_changes(held.routes, wanted.routes, route_identity, _route_value),
+                      rtnl.replace_routes, rtnl.delete_routes)
     return changes

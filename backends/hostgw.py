@@ -56,8 +56,7 @@ class HostGw:
 
     def __init__(self, conf: HostGwConfig, net: NetworkConfig, node: NodeInfo) -> None:
         self.conf, self.node = conf, node
-        self.desired = entries.Desired()
-        self.desired.uplink = node.iface_index
+        self.desired = entries.Desired(node.iface_index)
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(public_ip=self.node.public_ip, backend_type="host-gw", backend_data={})

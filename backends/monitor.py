@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable
 
 from tartan.backends.entries import Desired
-from tartan.backends.log import Log
 from tartan.backends.routes import PROTO_TARTAN
 from tartan.kernel.bulk import Event, Events
 
@@ -31,8 +30,8 @@ def describe(event: Event | None) -> str:
 
 
 class KernelMonitor:
-    def __init__(self, desired: Desired, wake: Callable[[str], None], log: Log) -> None:
-        self.desired, self.wake, self.log = desired, wake, log
+    def __init__(self, desired: Desired, wake: Callable[[str], None]) -> None:
+        self.desired, self.wake = desired, wake
         self.events = Events(PROTO_TARTAN)  # opened here: in the agent's namespace
         self.thread = threading.Thread(target=self._run, name="tartan-kernel-monitor",
                                        daemon=True)

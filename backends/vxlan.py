@@ -131,8 +131,7 @@ class Vxlan:
         self.conf, self.node = conf, node
         self.device = device_name(conf.vni)
         self.mac = vtep_mac(node.public_ip, conf.vni)
-        self.desired = entries.Desired()
-        self.desired.uplink = node.iface_index
+        self.desired = entries.Desired(node.iface_index)
 
     def lease_attrs(self) -> LeaseAttrs:
         return LeaseAttrs(public_ip=self.node.public_ip, backend_type="vxlan",

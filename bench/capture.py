@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import report
 from dataplane import iperf
 from pngchart import Bar, Panel, bar_chart
 
@@ -111,11 +112,7 @@ def main() -> int:
         bar_chart([Panel("POD TO POD TCP ACROSS NODES, GBIT/S", [
             Bar(mode, (statistics.median(v),), note=f"{statistics.median(v):.2f}")
             for mode, v in figures.gbits.items()])], png)
-        command = " ".join(["bench/capture.py", *sys.argv[1:]])
-        args.report.write_text(
-            f"# Capture overhead\n\nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-            f"\n\nCommand (as root): `{command}`\n\n{__doc__.split(chr(10), 2)[2]}\n{text}\n\n"
-            f"![capture]({png.name})\n")
+        report.write(args.report, "Capture overhead", __doc__, text, png)
     return 0
 
 

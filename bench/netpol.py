@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import report
 from pngchart import Bar, Panel, bar_chart
 
 from tartan.debug import lab_agents, lab_store
@@ -239,11 +240,8 @@ def main() -> int:
     if args.report:
         png = args.report.with_suffix(".png")
         chart(figures, png)
-        command = " ".join(["bench/netpol.py", *sys.argv[1:]])
-        args.report.write_text(
-            f"# NetworkPolicy: sync times and per-packet cost\n\nDate: "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\nCommand (as root): "
-            f"`{command}`\n\n{__doc__.split(chr(10), 2)[2]}\n{text}\n\n![netpol]({png.name})\n")
+        report.write(args.report, "NetworkPolicy: sync times and per-packet cost", __doc__, text,
+                     png)
     return 0
 
 

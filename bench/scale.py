@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
+import report
 from pngchart import Bar, Panel, bar_chart
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -316,13 +317,26 @@ def chart(rows: list[Row], png: Path) -> None:
 
 
 def numbers(text: str) -> list[int]:
-    return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    try:
+        counts = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use counts, e.g. 100,1000,5000") from None
+    if not counts or not all(0 < n < 60_000 for n in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: each count from 1 to 59,999")
+    return counts
+
+
+def backends(text: str) -> list[str]:
+    chosen = [b.strip() for b in text.split(",") if b.strip()]
+    if not chosen or any(b not in ("vxlan", "host-gw") for b in chosen):
+        raise argparse.ArgumentTypeError(f"{text!r}: use vxlan, host-gw or both")
+    return chosen
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=numbers, default=[100, 1000, 5000])
-    parser.add_argument("--backends", type=lambda t: t.split(","), default=["vxlan", "host-gw"])
+    parser.add_argument("--backends", type=backends, default=["vxlan", "host-gw"])
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--report", type=Path)
     args = parser.parse_args()
@@ -347,11 +361,7 @@ def main() -> int:
     if args.report:
         png = args.report.with_suffix(".png")
         chart(rows, png)
-        command = " ".join(["bench/scale.py", *sys.argv[1:]])
-        args.report.write_text(
-            f"# tartand at scale\n\nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-            f"\n\nCommand (as root): `{command}`\n\n{__doc__.split(chr(10), 2)[2]}\n{text}\n\n"
-            f"![scale]({png.name})\n")
+        report.write(args.report, "tartand at scale", __doc__, text, png)
     return 0
 
 

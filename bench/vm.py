@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "vagrant"))
 
+import report  # noqa: E402
 from pngchart import Bar, Panel, bar_chart  # noqa: E402
 from vmlab import cluster, image, machines  # noqa: E402
 
@@ -170,11 +171,7 @@ def main() -> int:
                 median = statistics.median(values)
                 bars.append(Bar(f"{backend} {what}", (median,), note=f"{median:.3f}"))
         bar_chart([Panel("NODE1 TO NODE2 TCP UNDER EMULATION, GBIT/S", bars)], png)
-        command = " ".join(["bench/vm.py", *sys.argv[1:]])
-        args.report.write_text(
-            f"# Tartan on VMs\n\nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-            f"\n\nCommand (as root): `{command}`\n\n{__doc__.split(chr(10), 2)[2]}\n{text}\n\n"
-            f"![vm]({png.name})\n")
+        report.write(args.report, "Tartan on VMs", __doc__, text, png)
     return 0
 
 

@@ -450,9 +450,7 @@ def _bury(db: sqlite3.Connection, subnets: list[str], revision: int) -> None:
     """Remember that these subnets' leases went at `revision` (for `lease_changes`)."""
     db.executemany("INSERT OR REPLACE INTO tartan_lease_tombstones VALUES (?, ?)",
                    [(subnet, revision) for subnet in subnets])
-    below = revision - TOMBSTONE_REVISIONS
-    if db.execute("DELETE FROM tartan_lease_tombstones WHERE revision <= ?", (below,)).rowcount:
-        db.execute("UPDATE tartan_state SET compacted = MAX(compacted, ?)", (below,))
+    _compact(db, revision - TOMBSTONE_REVISIONS, "tartan_lease_tombstones", "tartan_state")
 
 
 def _bump_objects(db: sqlite3.Connection) -> int:
@@ -461,10 +459,12 @@ def _bump_objects(db: sqlite3.Connection) -> int:
     return revision
 
 
-def _compact(db: sqlite3.Connection, below: int) -> None:
-    """Forget deletions older than `below`: asking for changes since before then lists all."""
-    if db.execute("DELETE FROM tartan_object_tombstones WHERE revision <= ?", (below,)).rowcount:
-        db.execute("UPDATE tartan_object_state SET compacted = MAX(compacted, ?)", (below,))
+def _compact(db: sqlite3.Connection, below: int, tombstones: str = "tartan_object_tombstones",
+             state: str = "tartan_object_state") -> None:
+    """Forget deletions older than `below` (of objects, or of leases): asking for changes
+    since before then lists all."""
+    if db.execute(f"DELETE FROM {tombstones} WHERE revision <= ?", (below,)).rowcount:
+        db.execute(f"UPDATE {state} SET compacted = MAX(compacted, ?)", (below,))
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -187,22 +187,26 @@ def start(lab: Lab, vm: Vm) -> None:
 
 def stop(vm: Vm, timeout: float = 10.0) -> None:
     """SIGTERM (qemu powers the VM off), then SIGKILL after `timeout`."""
-    if not vm.pid:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(vm.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while _alive(vm.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not _alive(vm.pid):
-            break
+    if vm.pid:
+        terminate(vm.pid, timeout)
     vm.pid = 0
 
 
-def _alive(pid: int) -> bool:
+def terminate(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if `pid` is still alive after `timeout` seconds."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not alive(pid):
+            return
+
+
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -248,7 +252,7 @@ def wait_ssh(lab: Lab, vm: Vm, timeout: float = 300) -> float:
     """Until the VM answers ssh; seconds since it was started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(vm.pid):
+        if not alive(vm.pid):
             raise VmError(f"{vm.name}'s qemu exited: {_console_tail(lab, vm)}")
         try:
             if ssh(lab, vm, "true", timeout=15, check=False).returncode == 0:
@@ -309,7 +313,7 @@ def down(lab: Lab) -> list[str]:
     """Stop every VM, remove the namespace and the lab's files; what was removed."""
     removed = []
     for vm in lab.vms:
-        if vm.pid and _alive(vm.pid):
+        if vm.pid and alive(vm.pid):
             pid = vm.pid
             _forget_connection(lab, vm)
             stop(vm)
@@ -319,7 +323,7 @@ def down(lab: Lab) -> list[str]:
             pid = int(pidfile.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(pid):
+        if alive(pid):
             stop(Vm("leftover", 0, "", pid))
     if Path(f"/run/netns/{lab.netns}").exists():
         subprocess.run(["ip", "netns", "del", lab.netns], capture_output=True, check=False)

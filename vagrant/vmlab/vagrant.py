@@ -26,7 +26,7 @@ from pathlib import Path
 
 from vmlab import box as boxes
 from vmlab.image import CACHE
-from vmlab.machines import VmError
+from vmlab.machines import VmError, alive, terminate
 
 NETNS = "tartan-vagrant"
 STATE = Path("/run/tartan-vagrant")
@@ -136,12 +136,12 @@ def _start_libvirt() -> None:
 
 
 def _pid(pidfile: Path) -> int:
+    """The live process `pidfile` names, or 0."""
     try:
         pid = int(pidfile.read_text().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
         return 0
-    return pid
+    return pid if alive(pid) else 0
 
 
 def _virsh(*args: str, check: bool = False) -> str:
@@ -163,8 +163,7 @@ def destroy(cluster: Cluster, say: Callable[[str], None] = print) -> list[str]:
         for name, pidfile in reversed(DAEMONS):
             pid = _pid(pidfile)
             if _ours(pid):
-                os.kill(pid, signal.SIGTERM)
-                _wait_gone(pid)
+                terminate(pid, 20)
                 removed.append(f"{name} (pid {pid})")
         shutil.rmtree("/run/libvirt", ignore_errors=True)  # the stopped daemons' runtime state
     if Path(f"/run/netns/{NETNS}").exists():
@@ -216,17 +215,6 @@ def _ours(pid: int) -> bool:
                             == os.stat(f"/run/netns/{NETNS}").st_ino)
     except OSError:
         return False
-
-
-def _wait_gone(pid: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
 
 
 def leftovers() -> list[str]:
