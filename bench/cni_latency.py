@@ -115,13 +115,22 @@ class Bench:
 
 
 def repeat(argv: list[str], env: dict[str, str], stdin: bytes, count: int) -> list[float]:
-    samples = []
-    for _ in range(count + 1):  # the first run only warms the page cache
-        run = timed_exec(argv, env, stdin)
-        if run.code != 0:
-            raise BenchError(f"{argv[0]} failed (exit {run.code}): {run.brief()}")
-        samples.append(run.ms)
-    return samples[1:]
+    return interleaved([(argv, env, stdin)], count)[0]
+
+
+def interleaved(commands: Sequence[tuple[list[str], dict[str, str], bytes]],
+                count: int) -> list[list[float]]:
+    """`count` timings of each command, taken in turns (this machine's speed drifts over
+    seconds: commands timed one after the other would be compared across the drift)."""
+    samples: list[list[float]] = [[] for _ in commands]
+    for turn in range(count + 1):  # the first turn only warms the page cache
+        for argv, env, stdin in commands:
+            run = timed_exec(argv, env, stdin)
+            if run.code != 0:
+                raise BenchError(f"{argv[0]} failed (exit {run.code}): {run.brief()}")
+            if turn:
+                samples[commands.index((argv, env, stdin))].append(run.ms)
+    return samples
 
 
 def start_label(impl: Impl, binary: Path) -> str:
@@ -132,19 +141,20 @@ def start_label(impl: Impl, binary: Path) -> str:
 
 
 def measure_starts(impls: Sequence[Impl], count: int) -> list[StartSeries]:
-    """exec + VERSION of every plugin binary (once each), and Python's floor."""
-    out: dict[str, StartSeries] = {}
+    """exec + VERSION of every plugin binary (once each), and Python's floor, in turns."""
     version_stdin = json.dumps({"cniVersion": CNI_VERSION}).encode()
+    labels: list[str] = []
+    commands: list[tuple[list[str], dict[str, str], bytes]] = []
     for impl in impls:
         for binary in (impl.plugin, impl.ipam_binary()):
             label = f"{start_label(impl, binary)} exec+VERSION"
-            if label not in out:
-                samples = repeat([str(binary)], cni_env(impl, "VERSION"), version_stdin, count)
-                out[label] = StartSeries(label, samples)
-    out = list(out.values())
-    floor = [sys.executable, "-I", "-S", "-c", "pass"]
-    out.append(StartSeries("python -I -S -c pass", repeat(floor, {}, b"", count)))
-    return out
+            if label not in labels:
+                labels.append(label)
+                commands.append(([str(binary)], cni_env(impl, "VERSION"), version_stdin))
+    labels.append("python -I -S -c pass")
+    commands.append(([sys.executable, "-I", "-S", "-c", "pass"], {}, b""))
+    return [StartSeries(label, samples)
+            for label, samples in zip(labels, interleaved(commands, count), strict=True)]
 
 
 def measure_netns_exec(node: str, count: int) -> StartSeries:

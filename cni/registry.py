@@ -7,8 +7,6 @@ file is on the plugins' entry path and the installer reads it from the source tr
 imports nothing at all; `load` imports a plugin where one is run.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False  # `typing` is not on the entry path; mypy reads this name as it would
 if TYPE_CHECKING:
     from tartan.cni.skel import Plugin
@@ -34,7 +32,7 @@ def module_of(name: str) -> str:
             from None
 
 
-def load(name: str) -> Plugin:
+def load(name: str) -> "Plugin":
     """The plugin itself: its module is imported on first use."""
     import importlib
 

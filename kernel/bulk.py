@@ -50,7 +50,7 @@ TIMEOUT = 30.0  # seconds without an answer the kernel owes: a lost one, not a s
 IGNORED_ON_DELETE = (errno.ENOENT, errno.ESRCH)
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def attr(kind: int, payload: bytes) -> bytes:
     length = RTA.size + len(payload)
     return RTA.pack(length, kind) + payload + b"\0" * (-length % 4)
 
@@ -59,7 +59,7 @@ ROUTE_ATTRS = frozenset({RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_TABLE})
 NEIGH_ATTRS = frozenset({NDA_DST, NDA_LLADDR})
 
 
-def _pick(data: bytes, offset: int, end: int, kinds: frozenset[int]) -> dict[int, bytes]:
+def pick(data: bytes, offset: int, end: int, kinds: frozenset[int]) -> dict[int, bytes]:
     """The attributes of `kinds` among those from `offset` to `end` (the others skipped)."""
     found = {}
     unpack = RTA.unpack_from
@@ -80,7 +80,7 @@ def _route(data: bytes, start: int, end: int, family: int, proto: int,
      flags) = RTMSG.unpack_from(data, start)
     if rfamily != family or rproto != proto:
         return None
-    attrs = _pick(data, start + RTMSG.size, end, ROUTE_ATTRS)
+    attrs = pick(data, start + RTMSG.size, end, ROUTE_ATTRS)
     if RTA_TABLE in attrs:
         (rtable,) = U32.unpack(attrs[RTA_TABLE])
     if rtable != table:
@@ -98,7 +98,7 @@ def _ntop6(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
 
 
-def _messages(data: bytes, size: int) -> Iterator[tuple[int, int, int, int]]:
+def messages(data: bytes, size: int) -> Iterator[tuple[int, int, int, int]]:
     """(type, sequence, start of payload, end) of every message in one read."""
     offset = 0
     while offset + NLMSGHDR.size <= size:
@@ -111,6 +111,27 @@ def _messages(data: bytes, size: int) -> Iterator[tuple[int, int, int, int]]:
 
 def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
+
+
+def route_body(spec: RouteSpec) -> bytes:
+    """An RTM_NEWROUTE/DELROUTE message's body for `spec`."""
+    address, _, length = spec.dst.partition("/")  # ip_network() would cost 30 us a route
+    if ":" in address:
+        family, raw = socket.AF_INET6, socket.inet_pton(socket.AF_INET6, address)
+    else:
+        family, raw = socket.AF_INET, socket.inet_aton(address)
+    table = spec.table
+    body = RTMSG.pack(family, int(length), 0, 0, table if table < 256 else 0,
+                      spec.proto, RT_SCOPE_UNIVERSE, RTN_UNICAST,
+                      RTNH_F_ONLINK if spec.onlink else 0)
+    attrs = [attr(RTA_DST, raw)]
+    if table >= 256:
+        attrs.append(attr(RTA_TABLE, U32.pack(table)))
+    if spec.gw:
+        attrs.append(attr(RTA_GATEWAY, socket.inet_pton(family, spec.gw)))
+    if spec.oif:
+        attrs.append(attr(RTA_OIF, U32.pack(spec.oif)))
+    return body + b"".join(attrs)
 
 
 @dataclass(frozen=True)
@@ -163,35 +184,41 @@ class Rtnl:
 
     # -- dumps ------------------------------------------------------------------------
 
-    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[bytes, int, int]]:
-        """(buffer, start of the message's payload, its end) for every message answered."""
+    def _replies(self, kind: int, flags: int,
+                 body: bytes) -> Iterator[tuple[int, bytes, int, int]]:
+        """Send one request; (type, buffer, payload start, end) of each message answering
+        it, for as long as the caller reads."""
         self.seq += 1
         seq = self.seq
-        self.sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind,
-                                     NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        self.sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | flags,
+                                     seq, 0) + body)
         while True:
             size = self._receive()
             data = bytes(self.buffer[:size])
-            for mtype, mseq, start, end in _messages(data, size):
-                if mseq != seq:
-                    continue
-                if mtype == NLMSG_DONE:
-                    return
-                if mtype == NLMSG_ERROR:
-                    (code,) = ERRNO.unpack_from(data, start)
-                    if code:
-                        raise KernelFailure(f"netlink dump refused: {os.strerror(-code)}")
-                    return
-                yield data, start, end
+            for mtype, mseq, start, end in messages(data, size):
+                if mseq == seq:
+                    yield mtype, data, start, end
+
+    def dump(self, kind: int, body: bytes) -> Iterator[tuple[bytes, int, int]]:
+        """(buffer, start of the message's payload, its end) for every message answered."""
+        for mtype, data, start, end in self._replies(kind, NLM_F_DUMP, body):
+            if mtype == NLMSG_DONE:
+                return
+            if mtype == NLMSG_ERROR:
+                (code,) = ERRNO.unpack_from(data, start)
+                if code:
+                    raise KernelFailure(f"netlink dump refused: {os.strerror(-code)}")
+                return
+            yield data, start, end
 
     def routes(self, proto: int, family: int = socket.AF_INET,
                table: int = RT_TABLE_MAIN) -> list[RouteSpec]:
         """The routes of `table` tagged `proto` (kernel/route.by_protocol's answer)."""
         request = RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, proto, 0, 0, 0)
         if table >= 256:
-            request += _attr(RTA_TABLE, U32.pack(table))
+            request += attr(RTA_TABLE, U32.pack(table))
         found = []
-        for data, start, end in self._dump(RTM_GETROUTE, request):
+        for data, start, end in self.dump(RTM_GETROUTE, request):
             spec = _route(data, start, end, family, proto, table)
             if spec is not None:
                 found.append(spec)
@@ -202,12 +229,12 @@ class Rtnl:
         if family == AF_BRIDGE:  # an FDB dump filters by the port in the header
             request = NDMSG.pack(family, 0, 0, index, 0, 0, 0)
         else:
-            request = NDMSG.pack(family, 0, 0, 0, 0, 0, 0) + _attr(NDA_IFINDEX, U32.pack(index))
-        for data, start, end in self._dump(RTM_GETNEIGH, request):
+            request = NDMSG.pack(family, 0, 0, 0, 0, 0, 0) + attr(NDA_IFINDEX, U32.pack(index))
+        for data, start, end in self.dump(RTM_GETNEIGH, request):
             nfamily, _p1, _p2, nindex, state, flags, _type = NDMSG.unpack_from(data, start)
             if nfamily != family or nindex != index:
                 continue
-            yield state, flags, _pick(data, start + NDMSG.size, end, NEIGH_ATTRS)
+            yield state, flags, pick(data, start + NDMSG.size, end, NEIGH_ATTRS)
 
     def permanent_neighbours(self, index: int) -> list[Neighbour]:
         """kernel/neigh.permanent_neighbours's answer."""
@@ -223,6 +250,26 @@ class Rtnl:
             if mac and dst and len(dst) == 4 and flags & NTF_SELF and any(mac):
                 out.append(FdbEntry(mac.hex(":"), socket.inet_ntoa(dst)))
         return out
+
+    # -- one request ------------------------------------------------------------------
+
+    def ask(self, kind: int, flags: int, body: bytes, what: str,
+            ignore: tuple[int, ...] = ()) -> list[tuple[bytes, int, int]] | None:
+        """One request, answered: the messages it brought back (a lookup's; none for a
+        write), or None when it failed with an errno in `ignore`; KernelFailure naming
+        `what` for any other failure."""
+        found = []
+        for mtype, data, start, end in self._replies(kind, NLM_F_ACK | flags, body):
+            if mtype != NLMSG_ERROR:
+                found.append((data, start, end))
+                continue
+            (code,) = ERRNO.unpack_from(data, start)
+            if not code:
+                return found
+            if -code in ignore:
+                return None
+            raise KernelFailure(f"cannot {what}: {os.strerror(-code)}")
+        raise AssertionError("not reached: the kernel answers every request")
 
     # -- writes -----------------------------------------------------------------------
 
@@ -248,7 +295,7 @@ class Rtnl:
         while pending:
             size = self._receive()
             data = bytes(self.buffer[:size])
-            for mtype, seq, start, _end in _messages(data, size):
+            for mtype, seq, start, _end in messages(data, size):
                 index = seq - base
                 if mtype == NLMSG_ERROR and 0 <= index < len(chunk):
                     pending -= 1
@@ -258,45 +305,25 @@ class Rtnl:
                         failures.append(f"cannot {op.what}: {os.strerror(-code)}")
         return failures
 
-    @staticmethod
-    def _route_body(spec: RouteSpec) -> bytes:
-        address, _, length = spec.dst.partition("/")  # ip_network() would cost 30 us a route
-        if ":" in address:
-            family, raw = socket.AF_INET6, socket.inet_pton(socket.AF_INET6, address)
-        else:
-            family, raw = socket.AF_INET, socket.inet_aton(address)
-        table = spec.table
-        body = RTMSG.pack(family, int(length), 0, 0, table if table < 256 else 0,
-                          spec.proto, RT_SCOPE_UNIVERSE, RTN_UNICAST,
-                          RTNH_F_ONLINK if spec.onlink else 0)
-        attrs = [_attr(RTA_DST, raw)]
-        if table >= 256:
-            attrs.append(_attr(RTA_TABLE, U32.pack(table)))
-        if spec.gw:
-            attrs.append(_attr(RTA_GATEWAY, socket.inet_pton(family, spec.gw)))
-        if spec.oif:
-            attrs.append(_attr(RTA_OIF, U32.pack(spec.oif)))
-        return body + b"".join(attrs)
-
     def replace_routes(self, specs: Iterable[RouteSpec]) -> None:
-        self._write([_Op(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, self._route_body(s),
+        self._write([_Op(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, route_body(s),
                          f"set route {s.dst}" + (f" via {s.gw}" if s.gw else ""))
                      for s in specs])
 
     def delete_routes(self, specs: Iterable[RouteSpec]) -> None:
-        self._write([_Op(RTM_DELROUTE, 0, self._route_body(s), f"delete route {s.dst}",
+        self._write([_Op(RTM_DELROUTE, 0, route_body(s), f"delete route {s.dst}",
                          IGNORED_ON_DELETE) for s in specs])
 
     def replace_neighbours(self, index: int, entries: Iterable[Neighbour]) -> None:
         self._write([_Op(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
                          NDMSG.pack(socket.AF_INET, 0, 0, index, NUD_PERMANENT, 0, 0)
-                         + _attr(NDA_DST, socket.inet_aton(e.ip))
-                         + _attr(NDA_LLADDR, _mac(e.mac)),
+                         + attr(NDA_DST, socket.inet_aton(e.ip))
+                         + attr(NDA_LLADDR, _mac(e.mac)),
                          f"set neighbour {e.ip} -> {e.mac}") for e in entries])
 
     def delete_neighbours(self, index: int, entries: Iterable[Neighbour]) -> None:
         self._write([_Op(RTM_DELNEIGH, 0, NDMSG.pack(socket.AF_INET, 0, 0, index, 0, 0, 0)
-                         + _attr(NDA_DST, socket.inet_aton(e.ip)),
+                         + attr(NDA_DST, socket.inet_aton(e.ip)),
                          f"delete neighbour {e.ip}", IGNORED_ON_DELETE) for e in entries])
 
     def replace_fdb(self, index: int, entries: Iterable[FdbEntry]) -> None:
@@ -310,8 +337,8 @@ class Rtnl:
     @staticmethod
     def _fdb_body(index: int, entry: FdbEntry, state: int) -> bytes:
         return (NDMSG.pack(AF_BRIDGE, 0, 0, index, state, NTF_SELF, 0)
-                + _attr(NDA_LLADDR, _mac(entry.mac))
-                + _attr(NDA_DST, socket.inet_aton(entry.dst)))
+                + attr(NDA_LLADDR, _mac(entry.mac))
+                + attr(NDA_DST, socket.inet_aton(entry.dst)))
 
 
 # -- events -------------------------------------------------------------------------
@@ -364,7 +391,7 @@ class Events:
             raise
         data = bytes(self.buffer[:size])
         found = (self._parse(mtype, data, start, end)
-                 for mtype, _seq, start, end in _messages(data, size))
+                 for mtype, _seq, start, end in messages(data, size))
         return [event for event in found if event is not None]
 
     def _parse(self, mtype: int, data: bytes, start: int, end: int) -> Event | None:
@@ -381,7 +408,7 @@ class Events:
 
 def _neighbour(deleted: bool, data: bytes, start: int, end: int) -> Event | None:
     family, _p1, _p2, index, state, flags, _type = NDMSG.unpack_from(data, start)
-    attrs = _pick(data, start + NDMSG.size, end, NEIGH_ATTRS)
+    attrs = pick(data, start + NDMSG.size, end, NEIGH_ATTRS)
     mac, dst = attrs.get(NDA_LLADDR, b""), attrs.get(NDA_DST, b"")
     if family == socket.AF_INET and len(dst) == 4:
         # an entry that is no longer permanent (`ip neigh del` first fails it, and the

@@ -118,15 +118,19 @@ def ensure_bridge(ipr: IPRoute, name: str, mtu: int, vlan_filtering: bool) -> Li
         _call(f"cannot pin MAC of bridge {name}", ipr.link, "set", index=existing.index,
               address=existing.mac)
     if existing.kind != "bridge":
-        raise KernelFailure(
-            f"{name} exists but is a {existing.kind or 'plain'} link, not a bridge: "
-            "choose another `bridge` name or remove that link"
-        )
+        raise not_a_bridge(existing)
     if vlan_filtering:
         _enable_vlan_filtering(ipr, existing)
     if not existing.up:
         set_up(ipr, existing.index)
     return existing
+
+
+def not_a_bridge(found: Link) -> KernelFailure:
+    return KernelFailure(
+        f"{found.name} exists but is a {found.kind or 'plain'} link, not a bridge: "
+        "choose another `bridge` name or remove that link"
+    )
 
 
 def _no_vlan_filtering(name: str) -> KernelFailure:

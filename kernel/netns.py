@@ -19,6 +19,8 @@ from tartan.kernel.errors import KernelFailure, NetnsGone
 if TYPE_CHECKING:  # pyroute2 loads only where a netlink socket is opened
     from pyroute2 import IPRoute
 
+    from tartan.kernel.bulk import Rtnl
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -66,6 +68,16 @@ def netlink(path: str | None = None) -> IPRoute:
         return IPRoute()
     with entered(path):
         return IPRoute()
+
+
+def raw_netlink(path: str | None = None) -> Rtnl:
+    """kernel/bulk.py's raw socket in the namespace at `path` (the current one when None)."""
+    from tartan.kernel.bulk import Rtnl
+
+    if path is None:
+        return Rtnl()
+    with entered(path):
+        return Rtnl()
 
 
 @contextmanager

@@ -6,7 +6,7 @@ runs with nothing else).
 
 # What the socket path imports at run time, beyond the interpreter's own start-up modules.
 RUNTIME = frozenset({
-    "__future__", "_socket", "struct",
+    "_socket", "struct",
     "tartan", "tartan.cni", "tartan.cni.fastpath", "tartan.cni.registry", "tartan.cni.versions",
 })
 

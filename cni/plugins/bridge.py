@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from tartan.cni import errors, invoke, skel
+from tartan.cni import after_reply, errors, invoke, skel
 from tartan.cni.plugins.bridge_config import BridgeConfig, parse
 from tartan.cni.types import DNS, Interface, Result
 
@@ -56,10 +56,10 @@ def cmd_add(args: skel.CmdArgs) -> Result:
     from tartan.kernel import netns, sysctl
 
     try:
-        container = netns.netlink(args.netns)
+        container = netns.raw_netlink(args.netns)
     except errors.NetnsGone as exc:
         raise errors.ContainerUnknown(str(exc)) from None
-    with container, netns.netlink() as host, ExitStack() as undo:
+    with container, netns.raw_netlink() as host, ExitStack() as undo:
         bridge = ops.setup_bridge(host, conf)
         att = ops.setup_veth(host, container, args.netns, conf, bridge, args.container_id,
                              args.ifname, undo)
@@ -69,7 +69,7 @@ def cmd_add(args: skel.CmdArgs) -> Result:
         result = _addresses_from(reply, conf)
         if conf.is_gateway:
             ops.fill_gateways(result)
-            target = ops.gateway_link(host, conf, bridge)
+            target = ops.gateway_link(conf, bridge)
             for gateway in ops.gateway_addresses(result):
                 ops.ensure_gateway(host, target, gateway, conf.force_address)
         routes = ops.container_routes(result, conf)
@@ -99,7 +99,14 @@ def cmd_del(args: skel.CmdArgs) -> None:
     if conf.ip_masq:
         from tartan.cni.plugins import bridge_masq as masq
 
-        steps.append(lambda: masq.teardown(conf.name, args.container_id))
+        # After the reply, as the veth's deletion: two families' iptables-save and -restore
+        # are 25 ms, and the pod is already off the bridge. A chain left a moment longer
+        # is harmless: its rules match only the released address, with the same verdicts a
+        # new pod given that address gets from its own chain.
+        def teardown() -> None:
+            masq.teardown(conf.name, args.container_id)
+
+        steps.append(lambda: after_reply.later(teardown))
     for step in steps:
         try:
             step()

@@ -1,11 +1,13 @@
 """The kernel steps of tartan-bridge, each one small and each with its undo.
 
-Loaded only when a command does kernel work, so VERSION and bad-input errors never pay for
-pyroute2's import.
+ADD and DEL speak netlink through kernel/attach.py (the raw socket, a few requests per pod);
+VLANs and CHECK through kernel/link.py (pyroute2). Loaded only when a command does kernel
+work, so VERSION and bad-input errors never pay for pyroute2's import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -21,8 +23,10 @@ from tartan.cni import after_reply
 from tartan.cni.errors import CheckMismatch, Gone, InvalidConfig, TartanError
 from tartan.cni.plugins.bridge_config import BridgeConfig
 from tartan.cni.types import Result
-from tartan.kernel import addr, gso, link, netns, route
+from tartan.kernel import addr, attach, gso, link, netns, route
 from tartan.kernel.addr import IfAddr
+from tartan.kernel.bulk import Rtnl
+from tartan.kernel.errors import KernelFailure
 from tartan.kernel.link import Link
 from tartan.kernel.route import RouteSpec
 
@@ -63,35 +67,54 @@ def host_veth_name(container_id: str, ifname: str) -> str:
     return "veth" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:8]
 
 
-def setup_bridge(host: IPRoute, conf: BridgeConfig) -> Link:
-    bridge = link.ensure_bridge(host, conf.bridge, conf.mtu, vlan_filtering=bool(conf.vlan))
+def setup_bridge(host: Rtnl, conf: BridgeConfig) -> Link:
+    if conf.vlan:
+        with netns.netlink_in() as ipr:
+            bridge = link.ensure_bridge(ipr, conf.bridge, conf.mtu, vlan_filtering=True)
+    else:
+        bridge = attach.ensure_bridge(host, conf.bridge, conf.mtu)
     if conf.promisc_mode:
-        link.set_promisc(host, bridge.index)
+        attach.set_link(host, bridge.index, promisc=True)
     return bridge
 
 
-def setup_veth(host: IPRoute, container: IPRoute, netns_path: str, conf: BridgeConfig,
+def setup_veth(host: Rtnl, container: Rtnl, netns_path: str, conf: BridgeConfig,
                bridge: Link, container_id: str, ifname: str, undo: ExitStack) -> Attachment:
-    if link.get(container, ifname) is not None:
+    if attach.named(container, ifname) is not None:
         raise InvalidConfig(f"container already has an interface named {ifname}")
     name = host_veth_name(container_id, ifname)
-    link.delete(host, name)  # left over from an ADD that died half-way
+    attach.delete(host, name)  # left over from an ADD that died half-way
     fd = netns.open_netns(netns_path)
     try:
-        link.add_veth(host, name, ifname, fd, conf.mtu)
+        created = attach.add_veth(host, name, ifname, fd, conf.mtu)
     finally:
         os.close(fd)
-    on_failure(undo, f"host veth {name}", link.delete, host, name)
-    host_veth = link.require(host, name)
-    link.set_master(host, host_veth.index, bridge.index)
+    if not created:
+        raise KernelFailure(
+            f"cannot create veth pair {name}/{ifname}: an interface of that name already "
+            "exists (is the container already attached? run DEL first)")
+    on_failure(undo, f"host veth {name}", attach.delete, host, name)
+    host_veth = attach.require(host, name)
+    if conf.hairpin_mode or conf.vlan or conf.gso_max_size:
+        attach.set_link(host, host_veth.index, master=bridge.index)
+        _port_settings(host, conf, netns_path, ifname, host_veth.index, bridge.index)
+        attach.set_link(host, host_veth.index, up=True)
+    else:  # the usual port: attached and up in one request
+        attach.set_link(host, host_veth.index, up=True, master=bridge.index)
+    host_veth = dataclasses.replace(host_veth, up=True, master=bridge.index)
+    return Attachment(bridge, host_veth, attach.require(container, ifname))
+
+
+def _port_settings(host: Rtnl, conf: BridgeConfig, netns_path: str, ifname: str,
+                   index: int, bridge_index: int) -> None:
+    """What a port needs beyond joining the bridge, before it goes up."""
     if conf.hairpin_mode:
-        link.set_hairpin(host, host_veth.index)
+        attach.set_hairpin(host, index)
     if conf.vlan:
-        link.set_port_vlan(host, host_veth.index, conf.vlan)
+        with netns.netlink_in() as ipr:
+            link.set_port_vlan(ipr, index, conf.vlan)
     if conf.gso_max_size:
-        _big_tcp(netns_path, ifname, host_veth.index, bridge.index, conf.gso_max_size)
-    link.set_up(host, host_veth.index)
-    return Attachment(bridge, link.by_index(host, host_veth.index), link.require(container, ifname))
+        _big_tcp(netns_path, ifname, index, bridge_index, conf.gso_max_size)
 
 
 def _big_tcp(netns_path: str, ifname: str, host_index: int, bridge_index: int,
@@ -127,9 +150,9 @@ def _conflicts(existing: list[IfAddr], wanted: IfAddr) -> list[IfAddr]:
     return [a for a in existing if a != wanted and a.network.overlaps(wanted.network)]
 
 
-def ensure_gateway(host: IPRoute, target: Link, wanted: IfAddr, force: bool) -> None:
+def ensure_gateway(host: Rtnl, target: Link, wanted: IfAddr, force: bool) -> None:
     """Put the gateway on the bridge; a different one already there is an error unless forced."""
-    existing = addr.list_(host, target.index, wanted.version)
+    existing = attach.addresses(host, target.index, wanted.version)
     if wanted in existing:
         return
     conflicts = _conflicts(existing, wanted)
@@ -141,15 +164,16 @@ def ensure_gateway(host: IPRoute, target: Link, wanted: IfAddr, force: bool) -> 
             f"bridge ({target.name}) if its old subnet is no longer used"
         )
     for stale in conflicts:
-        addr.delete(host, target.index, stale)
-    addr.add(host, target.index, wanted)
+        attach.delete_address(host, target.index, stale)
+    attach.add_address(host, target.index, wanted)
 
 
-def gateway_link(host: IPRoute, conf: BridgeConfig, bridge: Link) -> Link:
+def gateway_link(conf: BridgeConfig, bridge: Link) -> Link:
     if not conf.vlan:
         return bridge
-    link.add_bridge_self_vlan(host, bridge.index, conf.vlan)
-    return link.ensure_vlan_device(host, bridge, conf.vlan)
+    with netns.netlink_in() as ipr:
+        link.add_bridge_self_vlan(ipr, bridge.index, conf.vlan)
+        return link.ensure_vlan_device(ipr, bridge, conf.vlan)
 
 
 def container_routes(result: Result, conf: BridgeConfig) -> list[RouteSpec]:
@@ -166,13 +190,13 @@ def container_routes(result: Result, conf: BridgeConfig) -> list[RouteSpec]:
     return specs
 
 
-def configure_container(container: IPRoute, iface: Link, result: Result,
+def configure_container(container: Rtnl, iface: Link, result: Result,
                         routes: list[RouteSpec]) -> None:
     for ip in result.ips:
-        addr.add(container, iface.index, ipaddress.ip_interface(ip.address))
-    link.set_up(container, iface.index)
+        attach.add_address(container, iface.index, ipaddress.ip_interface(ip.address))
+    attach.set_link(container, iface.index, up=True)
     for spec in routes:
-        route.add(container, RouteSpec(dst=spec.dst, gw=spec.gw, oif=iface.index))
+        attach.add_route(container, RouteSpec(dst=spec.dst, gw=spec.gw, oif=iface.index))
 
 
 def teardown_container(netns_path: str, ifname: str) -> None:
@@ -183,13 +207,13 @@ def teardown_container(netns_path: str, ifname: str) -> None:
     so the index still names this pod's interface even if the runtime has let go of the path.
     """
     try:
-        container = netns.netlink(netns_path)
+        container = netns.raw_netlink(netns_path)
     except Gone:
         return
     try:
-        iface = link.get(container, ifname)
+        iface = attach.named(container, ifname)
         if iface is not None:
-            link.set_down(container, iface.index)
+            attach.set_link(container, iface.index, up=False)
     except BaseException:
         container.close()
         raise
@@ -199,9 +223,9 @@ def teardown_container(netns_path: str, ifname: str) -> None:
     after_reply.later(lambda: _delete_and_close(container, iface.index))
 
 
-def _delete_and_close(ipr: IPRoute, index: int) -> None:
-    with ipr:
-        link.delete_index(ipr, index)
+def _delete_and_close(rtnl: Rtnl, index: int) -> None:
+    with rtnl:
+        attach.delete(rtnl, index=index)
 
 
 def check_container(container: IPRoute, ifname: str, prev: Result) -> None:
