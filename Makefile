@@ -13,7 +13,7 @@ STAMPS := .make
 # Debian packages the plugins, the tests and the demo use.
 APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
-	python3 python3-venv libpython3.11 util-linux strace tshark \
+	python3 python3-venv libpython3.11 util-linux strace tshark ethtool \
 	qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client vagrant
 
 PACKAGES := kernel cni ipam netpol backends debug

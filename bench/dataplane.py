@@ -7,6 +7,11 @@ TCP packets, `lab up --big-tcp`) a lab is brought up (SQLite store), and in the 
 - pod -> pod TCP throughput across nodes (iperf3) against the underlay between the same two
   node namespaces, alternating round by round; DirectRouting is measured for a peer on the
   same segment (host-gw route) and one across the router (VXLAN), each against its underlay;
+- for vxlan, two more baselines between the same node namespaces (dataplane_paths.py): the
+  kernel's own VXLAN device (no pods, no bridge) and the objects flannel builds (reference
+  `bridge` plugin pods, a VXLAN device with flannel's settings, its routes, neighbours and
+  FDB entries), in turns with the underlay and Tartan; then each try of what the kernel
+  offers (offloads, br_netfilter, conntrack), applied to both nodes, against the bare device;
 - same-node pod -> pod (through the bridge) against a raw veth pair between two namespaces
   with the kernel's defaults;
 - join convergence: a node joins; from the moment its lease exists in the store, every
@@ -29,6 +34,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataplane_paths import BareVxlan, FlannelBuilt, Try, tries
+from dataplane_paths import Node as PathNode
 from pngchart import Bar, Panel, bar_chart
 
 from tartan.debug.lab import Lab, UpOptions
@@ -108,6 +115,61 @@ def throughput(state: LabState, run: str, rounds: int, seconds: int) -> list[Pai
         out.append(measure_pair(Pair(label, short), (dst.netns, dst.ip, src.netns),
                                 (pod_dst.netns, pod_dst.ip, pod_src.netns), rounds, seconds))
     return out
+
+
+def vxlan_baselines(state: LabState, rounds: int, seconds: int) -> list[Pair]:
+    """Tartan's pod path against the underlay, the bare VXLAN device and the flannel-built
+    path, in turns; then each try against the bare device."""
+    one, two = state.nodes[0], state.nodes[1]
+    a, b = PathNode(one.netns, one.ip), PathNode(two.netns, two.ip)
+    pod_a, pod_b = first_pod(state, one), first_pod(state, two)
+    tartan = (pod_b.netns, pod_b.ip, pod_a.netns)
+    bare, flannel = BareVxlan(a, b), FlannelBuilt(a, b)
+    try:
+        _, bare_b = bare.build()
+        (fl_a, _), (fl_b, fl_b_ip) = flannel.build()
+        paths = {"underlay": (two.netns, two.ip, one.netns),
+                 "bare VXLAN device": (two.netns, bare_b, one.netns),
+                 "flannel-built path": (fl_b, fl_b_ip, fl_a), "tartan": tartan}
+        got = turns(paths, rounds, seconds)
+        out = [Pair(f"vxlan: pod -> pod across nodes, against the {name}", short,
+                    got[name], got["tartan"], name)
+               for name, short in (("underlay", "vxlan"), ("bare VXLAN device", "vs bare"),
+                                   ("flannel-built path", "vs flannel"))]
+        out += [tried(one_try, [one.netns, two.netns], paths, rounds, seconds)
+                for one_try in tries(cluster_cidr(state))]
+        return out
+    finally:
+        flannel.remove()
+        bare.remove()
+
+
+def turns(paths: dict[str, tuple[str, str, str]], rounds: int,
+          seconds: int) -> dict[str, list[float]]:
+    got: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            got[name].append(iperf(*path, seconds))
+    return got
+
+
+def tried(one_try: Try, nodes: list[str], paths: dict[str, tuple[str, str, str]], rounds: int,
+          seconds: int) -> Pair:
+    for ns in nodes:
+        one_try.apply(ns)
+    try:
+        got = turns({k: paths[k] for k in ("bare VXLAN device", "tartan")}, rounds, seconds)
+    finally:
+        for ns in nodes:
+            one_try.undo(ns)
+    return Pair(f"vxlan with {one_try.name}", "try", got["bare VXLAN device"], got["tartan"],
+                "bare VXLAN device")
+
+
+def cluster_cidr(state: LabState) -> str:
+    """The lab's pod network (its pods' addresses are in 10.244.0.0/16 unless told)."""
+    first = state.pods[0].ip.split(".")
+    return f"{first[0]}.{first[1]}.0.0/16"
 
 
 def raw_veth() -> tuple[str, str]:
@@ -194,7 +256,10 @@ def run_backend(run: str, args: argparse.Namespace) -> tuple[list[Pair], dict[st
     lab = Lab(name, say=lambda line: print(f"  {line}"))
     try:
         state = lab.up(lab_options(run))
-        pairs = throughput(state, run, args.rounds, args.seconds)
+        if run == "vxlan":
+            pairs = vxlan_baselines(state, args.rounds, args.seconds)
+        else:
+            pairs = throughput(state, run, args.rounds, args.seconds)
         pairs.append(same_node(state, run, args.rounds, args.seconds))
         convergence = join_convergence(lab, state)
         return pairs, convergence

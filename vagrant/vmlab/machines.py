@@ -224,13 +224,26 @@ def ssh_argv(lab: Lab, vm: Vm, command: str, interactive: bool = False) -> list[
             "-o", "ControlPersist=300", f"root@{vm.ip}", *([command] if command else [])]
 
 
+# What ssh prints (exit 255) when it never reached the VM's shell: the command did not run,
+# so it may be tried again. Under emulation, with the host busy, a VM's sshd can miss the
+# banner deadline once in a while (CI saw it on a VM that answered again a moment later).
+NOT_CONNECTED = ("banner exchange", "kex_exchange_identification", "Connection timed out",
+                 "Connection refused", "Connection reset", "Connection closed by")
+SSH_ATTEMPTS = 3
+
+
 def ssh(lab: Lab, vm: Vm, command: str, timeout: float = 300, check: bool = True,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    try:
-        run = subprocess.run(ssh_argv(lab, vm, command), capture_output=True, text=True,
-                             timeout=timeout, input=stdin, check=False)
-    except subprocess.TimeoutExpired:
-        raise VmError(f"{vm.name}: `{command}` did not finish in {timeout:g} s") from None
+        stdin: str | None = None, attempts: int = SSH_ATTEMPTS) -> subprocess.CompletedProcess[str]:
+    for attempt in range(1, attempts + 1):
+        try:
+            run = subprocess.run(ssh_argv(lab, vm, command), capture_output=True, text=True,
+                                 timeout=timeout, input=stdin, check=False)
+        except subprocess.TimeoutExpired:
+            raise VmError(f"{vm.name}: `{command}` did not finish in {timeout:g} s") from None
+        never_ran = run.returncode == 255 and any(m in run.stderr for m in NOT_CONNECTED)
+        if not never_ran or attempt == attempts:
+            break
+        time.sleep(2)
     if check and run.returncode != 0:
         tail = "\n".join((run.stderr or run.stdout).strip().splitlines()[-8:])
         raise VmError(f"{vm.name}: `{command}` exited {run.returncode}: {tail}")
@@ -255,7 +268,8 @@ def wait_ssh(lab: Lab, vm: Vm, timeout: float = 300) -> float:
         if not alive(vm.pid):
             raise VmError(f"{vm.name}'s qemu exited: {_console_tail(lab, vm)}")
         try:
-            if ssh(lab, vm, "true", timeout=15, check=False).returncode == 0:
+            # one attempt each: this loop is the retry, and it times the boot
+            if ssh(lab, vm, "true", timeout=15, check=False, attempts=1).returncode == 0:
                 return time.time() - vm.booted_at
         except VmError:
             pass
