@@ -187,7 +187,8 @@ def _tunnel(name: str) -> bool:
 
 
 def _sysctl(key: str, value: str) -> Callable[[str], None]:
-    return lambda ns: run(ns, "sysctl", "-q", "-w", f"{key}={value}")
+    path = "/proc/sys/" + key.replace(".", "/")
+    return lambda ns: run(ns, "sh", "-c", f"echo {value} > {path}")
 
 
 def _notrack(cluster_cidr: str, verb: str) -> Callable[[str], None]:

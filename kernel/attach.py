@@ -5,9 +5,9 @@ listed and added, routes added.
 tartan-bridge's ADD used pyroute2's IPRoute for the same requests: measured here, 1.3 ms for
 one link lookup (0.2 ms of it decoding the ~40 attributes of the answer into objects) and
 1.1 ms to open a socket, about 25 ms of the agent's 27 ms per ADD. This speaks the protocol
-with struct, asks the kernel to leave the statistics out of its answers, reads only the
-fields a `Link` has, and puts what one link needs (master, up) in one request. The rare
-settings (VLANs, BIG TCP) and CHECK stay with kernel/link.py and pyroute2.
+with struct, asks the kernel to leave the statistics out of its answers and reads only the
+fields a `Link` has. The rare settings (VLANs, BIG TCP) and CHECK stay with kernel/link.py and
+pyroute2.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import struct
 
 from tartan.kernel.addr import IFA_F_NODAD, IfAddr
 from tartan.kernel.bulk import (
+    IFINFOMSG,
     NLM_F_CREATE,
     RTM_DELLINK,
     RTM_NEWLINK,
     RTM_NEWROUTE,
+    U32,
     Rtnl,
     attr,
     pick,
@@ -36,7 +38,6 @@ from tartan.kernel.route import RouteSpec
 RTM_GETLINK, RTM_SETLINK = 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 NLM_F_EXCL = 0x200
-IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK = 12, 18, 28, 29
@@ -47,7 +48,6 @@ NLA_F_NESTED = 0x8000
 IFF_UP = 0x1
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 LINK_ATTRS = frozenset({IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO})
-U32 = struct.Struct("=I")
 SKIP_STATS = attr(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
 
 
@@ -104,16 +104,15 @@ def require(rtnl: Rtnl, name: str) -> Link:
     return found
 
 
-def add_bridge(rtnl: Rtnl, name: str, mtu: int) -> bool:
-    """Create bridge `name`; False when a link of that name already exists."""
+def add_bridge(rtnl: Rtnl, name: str, mtu: int) -> None:
+    """Create bridge `name` (a link of that name already there is fine: the caller looks)."""
     attrs = [attr(IFLA_IFNAME, _text(name)), _nested(IFLA_LINKINFO,
                                                      attr(IFLA_INFO_KIND, _text("bridge")))]
     if mtu:
         attrs.append(attr(IFLA_MTU, U32.pack(mtu)))
-    done = rtnl.ask(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
-                    IFINFOMSG.pack(0, 0, 0, 0, 0) + b"".join(attrs), f"create bridge {name}",
-                    ignore=(errno.EEXIST,))
-    return done is not None
+    rtnl.ask(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
+             IFINFOMSG.pack(0, 0, 0, 0, 0) + b"".join(attrs), f"create bridge {name}",
+             ignore=(errno.EEXIST,))
 
 
 def ensure_bridge(rtnl: Rtnl, name: str, mtu: int) -> Link:

@@ -153,33 +153,6 @@ def set_up(ipr: IPRoute, index: int) -> None:
     _call(f"cannot set link {index} up", ipr.link, "set", index=index, state="up")
 
 
-def set_down(ipr: IPRoute, index: int) -> None:
-    _call(f"cannot set link {index} down", ipr.link, "set", index=index, state="down")
-
-
-def set_promisc(ipr: IPRoute, index: int) -> None:
-    _call(f"cannot set link {index} promiscuous", ipr.link, "set", index=index,
-          flags=IFF_PROMISC, change=IFF_PROMISC)
-
-
-def add_veth(ipr: IPRoute, host_name: str, peer_name: str, peer_netns_fd: int, mtu: int) -> None:
-    """A veth pair with the peer created straight inside the container's namespace."""
-    peer: dict[str, Any] = {"ifname": peer_name, "net_ns_fd": peer_netns_fd}
-    attrs: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
-    if mtu:
-        attrs["mtu"] = mtu
-        peer["mtu"] = mtu
-    try:
-        ipr.link("add", **attrs)
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            raise KernelFailure(
-                f"cannot create veth pair {host_name}/{peer_name}: an interface of that name "
-                "already exists (is the container already attached? run DEL first)"
-            ) from None
-        raise KernelFailure(f"cannot create veth pair {host_name}/{peer_name}: {exc}") from None
-
-
 def add_vxlan(ipr: IPRoute, name: str, vni: int, local: str, parent: int, port: int,
               mac: str, mtu: int) -> None:
     """A VXLAN device with learning off: Tartan programs every FDB and neighbour entry."""
@@ -207,32 +180,14 @@ def set_mtu(ipr: IPRoute, index: int, mtu: int) -> None:
     _call(f"cannot set MTU {mtu} on link {index}", ipr.link, "set", index=index, mtu=mtu)
 
 
-def set_master(ipr: IPRoute, index: int, master: int) -> None:
-    _call(f"cannot attach link {index} to bridge {master}", ipr.link, "set", index=index,
-          master=master)
-
-
-def set_hairpin(ipr: IPRoute, index: int) -> None:
-    _call(f"cannot set hairpin mode on link {index}", ipr.brport, "set", index=index, mode=1)
-
-
 def delete(ipr: IPRoute, name: str) -> bool:
     """Delete link `name`; False when it was already gone."""
-    return _delete(ipr, name, ifname=name)
-
-
-def delete_index(ipr: IPRoute, index: int) -> bool:
-    """Delete link `index`; False when it was already gone."""
-    return _delete(ipr, str(index), index=index)
-
-
-def _delete(ipr: IPRoute, what: str, **key: Any) -> bool:
     try:
-        ipr.link("del", **key)
+        ipr.link("del", ifname=name)
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
             return False
-        raise KernelFailure(f"cannot delete link {what}: {exc}") from None
+        raise KernelFailure(f"cannot delete link {name}: {exc}") from None
     return True
 
 

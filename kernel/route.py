@@ -55,14 +55,6 @@ def _failure(verb: str, spec: RouteSpec, exc: NetlinkError) -> KernelFailure:
     return KernelFailure(f"cannot {verb} route {spec.dst}{via}: {exc}")
 
 
-def add(ipr: IPRoute, spec: RouteSpec) -> None:
-    try:
-        ipr.route("add", **_attrs(spec))
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise _failure("add", spec, exc) from None
-
-
 def replace(ipr: IPRoute, spec: RouteSpec) -> None:
     try:
         ipr.route("replace", **_attrs(spec))

@@ -95,26 +95,17 @@ def setup_veth(host: Rtnl, container: Rtnl, netns_path: str, conf: BridgeConfig,
             "exists (is the container already attached? run DEL first)")
     on_failure(undo, f"host veth {name}", attach.delete, host, name)
     host_veth = attach.require(host, name)
-    if conf.hairpin_mode or conf.vlan or conf.gso_max_size:
-        attach.set_link(host, host_veth.index, master=bridge.index)
-        _port_settings(host, conf, netns_path, ifname, host_veth.index, bridge.index)
-        attach.set_link(host, host_veth.index, up=True)
-    else:  # the usual port: attached and up in one request
-        attach.set_link(host, host_veth.index, up=True, master=bridge.index)
-    host_veth = dataclasses.replace(host_veth, up=True, master=bridge.index)
-    return Attachment(bridge, host_veth, attach.require(container, ifname))
-
-
-def _port_settings(host: Rtnl, conf: BridgeConfig, netns_path: str, ifname: str,
-                   index: int, bridge_index: int) -> None:
-    """What a port needs beyond joining the bridge, before it goes up."""
+    attach.set_link(host, host_veth.index, master=bridge.index)
     if conf.hairpin_mode:
-        attach.set_hairpin(host, index)
+        attach.set_hairpin(host, host_veth.index)
     if conf.vlan:
         with netns.netlink_in() as ipr:
-            link.set_port_vlan(ipr, index, conf.vlan)
+            link.set_port_vlan(ipr, host_veth.index, conf.vlan)
     if conf.gso_max_size:
-        _big_tcp(netns_path, ifname, index, bridge_index, conf.gso_max_size)
+        _big_tcp(netns_path, ifname, host_veth.index, bridge.index, conf.gso_max_size)
+    attach.set_link(host, host_veth.index, up=True)
+    host_veth = dataclasses.replace(host_veth, up=True, master=bridge.index)
+    return Attachment(bridge, host_veth, attach.require(container, ifname))
 
 
 def _big_tcp(netns_path: str, ifname: str, host_index: int, bridge_index: int,
