@@ -1,4 +1,5 @@
-"""The console scripts `tartan`, `tartan-bridge` and `tartan-ipam` (pyproject.toml).
+"""The console scripts `tartan`, `tartan-bridge`, `tartan-ipam` and `tartan-portmap`
+(pyproject.toml).
 
 Each hands its request to tartand's socket (tartan.cni.fastpath) and, when no agent takes
 it, runs the plugin in this process on the dispatcher the agent uses. The dispatcher and the
@@ -46,3 +47,7 @@ def ipam() -> int:
 
 def meta() -> int:
     return run_plugin("tartan")
+
+
+def portmap() -> int:
+    return run_plugin("tartan-portmap")

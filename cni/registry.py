@@ -18,6 +18,7 @@ PLUGINS = {
     "tartan": "tartan.cni.plugins.meta",
     "tartan-bridge": "tartan.cni.plugins.bridge",
     "tartan-ipam": "tartan.ipam.plugin",
+    "tartan-portmap": "tartan.cni.plugins.portmap",
 }
 NAMES = tuple(PLUGINS)
 NODE_PLUGIN = "tartan"  # the one runtimes call on a Tartan node; it delegates to the others

@@ -28,6 +28,7 @@ from tartan.debug.lab_sys import (
     pids_in,
     stop,
 )
+from tartan.kernel.files import write_atomic
 
 CNI_CONFIG = {"cniVersion": "1.0.0", "name": plan.CNI_NETWORK, "type": "tartan"}
 CONFLIST = "10-tartan.conflist"
@@ -41,7 +42,7 @@ def write_network_config(node_dir: Path) -> Path:
     doc = {"cniVersion": CNI_CONFIG["cniVersion"], "name": CNI_CONFIG["name"],
            "plugins": [{"type": CNI_CONFIG["type"]}]}
     path = folder / CONFLIST
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")
     return path
 PING_WORKERS = 16
 

@@ -25,7 +25,7 @@ _NANOSECONDS = 9  # if_tsresol: 10^-9
 
 
 @dataclass(frozen=True)
-class Interface:
+class InterfaceBlock:
     index: int
     name: str
 
@@ -54,21 +54,21 @@ class Writer:
 
     def __init__(self, stream: BinaryIO, application: str = "tartanctl capture") -> None:
         self.stream = stream
-        self.interfaces: list[Interface] = []
+        self.interfaces: list[InterfaceBlock] = []
         header = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1)  # v1.0, length unknown
         self._write(_block(_SHB, header + _options((_SHB_USERAPPL, application.encode()))))
 
     def interface(self, name: str, description: str = "",
-                  linktype: int = LINKTYPE_ETHERNET) -> Interface:
+                  linktype: int = LINKTYPE_ETHERNET) -> InterfaceBlock:
         body = struct.pack("<HHI", linktype, 0, SNAPLEN) + _options(
             (_IF_NAME, name.encode()), (_IF_DESCRIPTION, description.encode()),
             (_IF_TSRESOL, bytes([_NANOSECONDS])))
         self._write(_block(_IDB, body))
-        made = Interface(len(self.interfaces), name)
+        made = InterfaceBlock(len(self.interfaces), name)
         self.interfaces.append(made)
         return made
 
-    def packet(self, interface: Interface, timestamp_ns: int, data: bytes,
+    def packet(self, interface: InterfaceBlock, timestamp_ns: int, data: bytes,
                outbound: bool | None = None, length: int | None = None,
                comment: str = "") -> None:
         """One packet seen on `interface`; `outbound` None when the direction is unknown."""

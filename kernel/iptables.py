@@ -122,26 +122,34 @@ class Chain:
 
 @dataclass(frozen=True)
 class Table:
-    """The desired state of what one caller owns in one table."""
+    """The desired state of what one caller owns in one table.
+
+    `shared_chains` are chains several callers put `rules` into (portmap's CNI-HOSTPORT-DNAT):
+    created when missing, never flushed or deleted.
+    """
 
     name: str
     chains: tuple[Chain, ...] = ()
     rules: tuple[Rule, ...] = ()
     delete_chains: tuple[str, ...] = ()
     delete_rules: tuple[Rule, ...] = ()
+    shared_chains: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_table(self.name)
-        for name in ("chains", "rules", "delete_chains", "delete_rules"):
+        for name in ("chains", "rules", "delete_chains", "delete_rules", "shared_chains"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for rule in (*self.rules, *self.delete_rules):
             check_chain(rule.chain)
             _check_args(rule.args)
-        for name in self.delete_chains:
+        for name in (*self.delete_chains, *self.shared_chains):
             check_chain(name)
+        if BUILTIN_CHAINS & set(self.shared_chains):
+            raise InvalidName("built-in chains always exist: do not list them as shared")
         owned, doomed = [c.name for c in self.chains], set(self.delete_chains)
         clash = set(owned) & doomed | {r.chain for r in self.rules} & (set(owned) | doomed)
         clash |= {name for name in owned if owned.count(name) > 1}
+        clash |= set(self.shared_chains) & (set(owned) | doomed)
         if clash:
             raise InvalidName(f"chains {sorted(clash)} are declared twice, or both owned and "
                               "deleted or shared")
@@ -168,6 +176,8 @@ def applied_live(state: Table) -> LiveTable:
     """What a reading of the table would show of `state` once it was applied: its chains
     with their rules, its shared rules in their chains (other owners' rules not known)."""
     live = LiveTable(state.name, {chain.name: list(chain.rules) for chain in state.chains})
+    for name in state.shared_chains:
+        live.chains.setdefault(name, [])
     for rule in state.rules:
         live.chains.setdefault(rule.chain, []).append(rule.args)
     return live
@@ -255,14 +265,15 @@ def _listed_counters(line: str) -> RuleCounters:
 def plan(state: Table, live: LiveTable) -> list[str]:
     """The restore lines (between `*table` and `COMMIT`) that make `live` match `state`.
 
-    Order: declare (create or flush) chains, delete rules, fill owned chains, add shared
-    rules, delete chains. Empty when nothing needs to change.
+    Order: declare (create or flush) chains, create missing shared chains, delete rules,
+    fill owned chains, add shared rules, delete chains. Empty when nothing needs to change.
     """
     doomed = sorted(set(state.delete_chains) & live.chains.keys())
     stale = [c for c in state.chains if live.chains.get(c.name) != list(c.rules)]
     rewritten = {c.name for c in stale} | set(doomed)
+    missing = [name for name in dict.fromkeys(state.shared_chains) if name not in live.chains]
     return (
-        [f":{name} - [0:0]" for name in [*doomed, *(c.name for c in stale)]]
+        [f":{name} - [0:0]" for name in [*doomed, *(c.name for c in stale), *missing]]
         + _deletions(state, live, set(doomed), rewritten)
         + [rule_line("-A", c.name, args) for c in stale for args in c.rules]
         + _additions(state.rules, live)

@@ -11,7 +11,18 @@ PROC_SYS = Path("/proc/sys")
 
 def write(key: str, value: str) -> None:
     """Write `key` (dotted form, e.g. net.ipv4.ip_forward) unless it already holds `value`."""
-    path = PROC_SYS / key.replace(".", "/")
+    _write(PROC_SYS / key.replace(".", "/"), key, value)
+
+
+def write_interface(version: int, ifname: str, key: str, value: str) -> None:
+    """Write net.ipv{4,6}.conf.<ifname>.<key>; the name may hold dots (cni0.100)."""
+    if not ifname or "/" in ifname or ifname in (".", ".."):
+        raise KernelFailure(f"cannot set {key} on interface {ifname!r}: not an interface name")
+    path = PROC_SYS / "net" / f"ipv{version}" / "conf" / ifname / key
+    _write(path, f"net.ipv{version}.conf.{ifname}.{key}", value)
+
+
+def _write(path: Path, key: str, value: str) -> None:
     try:
         if path.read_text().strip() == value:
             return

@@ -16,7 +16,7 @@ from tartan.cni.fastpath import MAGIC, frame, read_exact
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGING = REPO / "packaging"
-CNI_NAMES = ("tartan", "tartan-bridge", "tartan-ipam")
+CNI_NAMES = ("tartan", "tartan-bridge", "tartan-ipam", "tartan-portmap")
 COMMAND_NAMES = ("tartand", "tartanctl")
 
 
