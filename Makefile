@@ -14,13 +14,13 @@ STAMPS := .make
 APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 	containernetworking-plugins busybox-static tcpdump conntrack etcd-server iperf3 \
 	python3 python3-venv libpython3.11 util-linux strace tshark ethtool \
-	qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client vagrant
+	qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client vagrant containerd
 
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
 .PHONY: all deps apt venv demo vm-lab test test-vagrant unit lint bench bench-dataplane bench-netpol bench-capture bench-vm bench-scale \
-	clean bundle \
+	clean bundle image \
 	install uninstall
 
 all: venv
@@ -42,7 +42,7 @@ $(STAMPS)/venv: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q "pyroute2>=0.9.7,<0.10" "etcd3>=0.12,<0.13" "prometheus-client>=0.20" \
 		"pyyaml>=6,<7" "scapy>=2.5,<3" "pytest>=8" "ruff>=0.6" "mypy==2.4.1" "import-linter==2.17" \
-		"types-PyYAML"
+		"types-PyYAML" "kubernetes>=31,<38"
 	@touch $@
 
 # The project itself is installed (not editable), so the tests run the same console
@@ -106,6 +106,13 @@ $(BUNDLE): $(STAMPS)/install $(STAMPS)/pyinstaller $(BUNDLE_INPUTS)
 	@touch $@
 
 bundle: $(BUNDLE)
+
+# The DaemonSet's image (packaging/kubernetes/kube-tartan.yml) from the bundle.
+IMAGE ?= localhost/tartan:0.1.0
+
+image: $(BUNDLE)
+	podman build -f packaging/kubernetes/Containerfile \
+		--ignorefile packaging/kubernetes/containerignore -t $(IMAGE) .
 
 install: $(BUNDLE)
 	"$(PYTHON_BASE)" packaging/install.py install --bundle dist/tartan --destdir "$(DESTDIR)"

@@ -2,7 +2,9 @@
 
 - `split_args`/`quote`: iptables-restore's own argument grammar, both ways.
 - `Runner`: the one seam to the outside world; `run_command` is the real one.
-- `host_backend`: nf_tables or legacy, detected once per process from the `iptables` symlink.
+- `host_backend`: nf_tables or legacy, detected once per process from the `iptables` symlink,
+  or from the rules already in the kernel where `TARTAN_IPTABLES_BACKEND=auto` says so (a
+  container's own `iptables` says nothing about the host's).
 
 Only the standard library is imported: this sits on the plugin's path.
 """
@@ -79,14 +81,29 @@ def target_of(args: Sequence[str]) -> str | None:
     return args[jumps[-1] + 1] if jumps else None
 
 
+BACKEND_ENV = "TARTAN_IPTABLES_BACKEND"  # nft, legacy, or auto: from the rules in the kernel
+BACKENDS = ("nft", "legacy")
+# Chains kubelet makes in the backend the node uses (kubernetes-sigs/iptables-wrappers' signs).
+_KUBELET_CHAINS = (":KUBE-IPTABLES-HINT", ":KUBE-KUBELET-CANARY")
+
+
 def detect_backend(which: Callable[[str], str | None] = shutil.which,
                    realpath: Callable[[str], str] = os.path.realpath,
-                   runner: Runner = run_command) -> str:
+                   runner: Runner = run_command,
+                   chosen: str | None = None) -> str:
     """"nft" or "legacy": what the host's `iptables` command is.
 
-    The symlink says it without an exec (xtables-nft-multi / xtables-legacy-multi); otherwise
-    `iptables --version` does ("(nf_tables)"; before 1.8 there was only legacy).
+    `chosen` (default: $TARTAN_IPTABLES_BACKEND) names it, or "auto" reads it from the rules.
+    Otherwise the symlink says it without an exec (xtables-nft-multi / xtables-legacy-multi),
+    or `iptables --version` does ("(nf_tables)"; before 1.8 there was only legacy).
     """
+    chosen = os.environ.get(BACKEND_ENV, "") if chosen is None else chosen
+    if chosen in BACKENDS:
+        return chosen
+    if chosen == "auto":
+        return backend_in_use(runner)
+    if chosen:
+        raise errors.IptablesFailure(f"{BACKEND_ENV}={chosen!r}: use nft, legacy or auto")
     path = which("iptables")
     if path is None:
         raise errors.IptablesFailure("iptables not found: install iptables (1.8 or newer)")
@@ -96,6 +113,31 @@ def detect_backend(which: Callable[[str], str | None] = shutil.which,
             return backend
     version = runner([path, "--version"], None).stdout
     return "nft" if "nf_tables" in version else "legacy"
+
+
+def backend_in_use(runner: Runner = run_command) -> str:
+    """The backend whose tables the node's other components write, as iptables-wrappers finds
+    it: kubelet's marker chains first, then the one with more rules; nft when both are empty.
+    For an agent in a container on the host's network, whose own `iptables` is the image's."""
+    saved = {backend: _saved(runner, backend) for backend in BACKENDS}
+    for backend in BACKENDS:
+        if any(chain in saved[backend] for chain in _KUBELET_CHAINS):
+            return backend
+    rules = {backend: sum(line.startswith("-A ") for line in text.splitlines())
+             for backend, text in saved.items()}
+    return "legacy" if rules["legacy"] > rules["nft"] else "nft"
+
+
+def _saved(runner: Runner, backend: str) -> str:
+    """Both families' rules in `backend`; "" where its commands are missing or fail."""
+    text = []
+    for family in ("iptables", "ip6tables"):
+        try:
+            done = runner([f"{family}-{backend}-save"], None)
+        except errors.IptablesFailure:
+            continue
+        text.append(done.stdout if done.returncode == 0 else "")
+    return "".join(text)
 
 
 @functools.cache

@@ -2,19 +2,31 @@
 
     install.py install --bundle dist/tartan [--destdir DIR]
     install.py uninstall [--destdir DIR]
+    install.py install-cni [--bundle /opt/tartan] [--cni-bin DIR] [--conflist-source FILE]
 
 install puts the bundle in /opt/tartan/, links the CNI names in /opt/cni/bin to its small
 CNI executable and the commands in /usr/local/bin to its full one, adds the systemd unit
-for tartand and, only when no file of that name exists, the default
-/etc/cni/net.d/10-tartan.conflist. Every path it creates (directories included) is recorded
-in /opt/tartan/.installed, and uninstall removes exactly those, newest first: a directory
-only when it is empty again, a link only while it still points into the bundle, a config
-file only while it still has the content install wrote (an operator's edit is kept).
+for tartand and, each only when no file of that name exists, the default
+/etc/cni/net.d/10-tartan.conflist and tartand's /etc/tartan/net-conf.json (10.244.0.0/16,
+vxlan; the unit passes it with --net-config). Every path it creates (directories included)
+is recorded in /opt/tartan/.installed, and uninstall removes exactly those, newest first: a
+directory only when it is empty again, a link only while it still points into the bundle, a
+config file only while it still has the content install wrote (an operator's edit is kept).
 
 Installing over an earlier install of this script replaces it (an upgrade). An existing
 /opt/tartan or link name that is not its own is an error, and nothing is changed; an existing
-unit or conflist is kept (and recorded as kept).
+unit, conflist or net-conf.json is kept (and recorded as kept).
 Links are relative, so a tree staged under --destdir works where it is and once copied to /.
+
+install-cni is what the Kubernetes DaemonSet's init container runs (packaging/kubernetes/):
+the node has no /opt/tartan, so the bundle itself goes into the CNI folder, as
+/opt/cni/bin/tartan-bundle-<hash of its content>/, the CNI names become links into it, and the
+conflist from the ConfigMap replaces /etc/cni/net.d/10-tartan.conflist; each step atomic
+(a rename), the conflist last, so a runtime never sees a config whose plugins are not there
+yet. The bundle the links named before stays until install-cni runs again (a plugin call
+that started on it finishes on it); older ones, and half-made copies, are removed. A run
+with the image already in place changes nothing else.
+
 Standard library only: uninstall must run without the venv or the bundle.
 """
 
@@ -55,6 +67,7 @@ CNI_BIN = "/opt/cni/bin"
 COMMAND_BIN = "/usr/local/bin"
 UNIT = "/etc/systemd/system/tartand.service"
 CONFLIST = "/etc/cni/net.d/10-tartan.conflist"
+NET_CONF = "/etc/tartan/net-conf.json"  # the unit's --net-config
 
 CNI_EXE = "tartan-cni"
 FULL_EXE = "tartan-full"
@@ -64,7 +77,8 @@ LINKS = {
     **{f"{COMMAND_BIN}/{name}": f"{BUNDLE_DIR}/{FULL_EXE}" for name in ("tartand", "tartanctl")},
 }
 # Config files (installed path, source in packaging/): written only where none exists.
-CONFIGS = ((UNIT, "tartand.service"), (CONFLIST, "10-tartan.conflist"))
+CONFIGS = ((UNIT, "tartand.service"), (CONFLIST, "10-tartan.conflist"),
+           (NET_CONF, "net-conf.json"))
 UNIT_NAME = "tartand.service"
 
 
@@ -181,8 +195,8 @@ def write_configs(root: Root, manifest: Manifest) -> None:
             print(f"kept {path}: it exists", file=sys.stderr)
             continue
         make_dirs(root, str(Path(path).parent), manifest)
-        shutil.copyfile(HERE / source, root(path))
-        root(path).chmod(0o644)
+        # whole or not at all: a half-written file would be "kept" by the next install
+        FILES.write_atomic(root(path), (HERE / source).read_bytes(), mode=0o644)
         manifest.add(path, "file", sha256=sha256(root(path)))
 
 
@@ -276,17 +290,144 @@ def uninstall(root: Root) -> list[str]:
     return left
 
 
+# --- install-cni (the DaemonSet's init container) -------------------------------------------
+
+BUNDLE_PREFIX = "tartan-bundle-"  # /opt/cni/bin/tartan-bundle-<hash>/, what the links name
+KUBE_CONFLIST_SOURCE = "/etc/kube-tartan/cni-conf.json"  # the ConfigMap's key, mounted
+
+
+def bundle_hash(bundle: Path) -> str:
+    """The bundle's content (names, modes, bytes, link targets): the same image, the same
+    hash, so a restarted init container finds its copy in place."""
+    digest = hashlib.sha256()
+    for path in sorted(bundle.rglob("*")):
+        digest.update(str(path.relative_to(bundle)).encode() + b"\0")
+        if path.is_symlink():
+            digest.update(b"link\0" + os.readlink(path).encode())
+        elif path.is_file():
+            digest.update(oct(path.stat().st_mode & 0o777).encode() + b"\0")
+            digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def read_conflist(source: Path) -> str:
+    """The conflist's text, once it parses as one (a typo in the ConfigMap stops here, with
+    the host's config untouched)."""
+    try:
+        text = source.read_text()
+        conf = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InstallError(f"{source}: {exc}") from None
+    plugins = conf.get("plugins") if isinstance(conf, dict) else None
+    if not isinstance(conf, dict) or not isinstance(conf.get("name"), str) \
+            or not isinstance(conf.get("cniVersion"), str):
+        raise InstallError(f"{source}: a conflist needs \"name\" and \"cniVersion\" strings")
+    if not isinstance(plugins, list) or not plugins or \
+            not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in plugins):
+        raise InstallError(f"{source}: \"plugins\" must be a non-empty list of objects "
+                           f"with a \"type\"")
+    return text
+
+
+def place_bundle(bundle: Path, cni_bin: Path) -> Path:
+    """The bundle copied to cni_bin/tartan-bundle-<hash>/ unless it is there already; the
+    copy is made under a temporary name and renamed, so the folder is whole or absent."""
+    for exe in (CNI_EXE, FULL_EXE):
+        if not (bundle / exe).is_file():
+            raise InstallError(f"{bundle} has no {exe}: not a Tartan bundle")
+    target = cni_bin / f"{BUNDLE_PREFIX}{bundle_hash(bundle)}"
+    if target.is_dir():
+        return target
+    temp = cni_bin / f".{target.name}.{os.getpid()}.tmp"
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        shutil.copytree(bundle, temp, symlinks=True)
+        temp.chmod(0o755)
+        temp.rename(target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return target
+
+
+def link_atomic(link: Path, text: str) -> None:
+    """`link` -> `text`, replacing whatever link or file had the name, in one rename."""
+    if link.is_symlink() and os.readlink(link) == text:
+        return
+    if link.is_dir() and not link.is_symlink():
+        raise InstallError(f"{link} is a folder: remove it, then restart the pod")
+    temp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temp.unlink(missing_ok=True)
+    os.symlink(text, temp)
+    try:
+        os.replace(temp, link)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def linked_bundle(cni_bin: Path) -> str | None:
+    """The bundle folder the node plugin's link names now (before an upgrade moves it)."""
+    link = cni_bin / REGISTRY.NODE_PLUGIN
+    if not link.is_symlink():
+        return None
+    top = os.readlink(link).split("/", 1)[0]
+    return top if top.startswith(BUNDLE_PREFIX) else None
+
+
+def prune_bundles(cni_bin: Path, keep: set[str]) -> None:
+    """Older images' bundles, and what a killed init container left half-made (a bundle
+    copy or a link under a temporary name)."""
+    for path in cni_bin.iterdir():
+        name = path.name
+        leftover = name.startswith(".tartan") and name.endswith(".tmp")
+        if name in keep or not (leftover or name.startswith(BUNDLE_PREFIX)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def install_cni(bundle: Path, cni_bin: Path, source: Path, conflist: Path) -> list[Path]:
+    """What the init container does; returns the paths it wrote (or found right)."""
+    text = read_conflist(source)  # before anything changes on the host
+    cni_bin.mkdir(parents=True, exist_ok=True)
+    previous = linked_bundle(cni_bin)
+    placed = place_bundle(bundle, cni_bin)
+    links = [cni_bin / name for name in REGISTRY.NAMES]
+    for link in links:
+        link_atomic(link, f"{placed.name}/{CNI_EXE}")
+    prune_bundles(cni_bin, keep={placed.name, previous or placed.name})
+    conflist.parent.mkdir(parents=True, exist_ok=True)
+    if not conflist.is_file() or conflist.read_text(errors="replace") != text:
+        FILES.write_atomic(conflist, text, mode=0o644)
+    return [placed, *links, conflist]
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="install.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=("install", "uninstall"))
-    p.add_argument("--bundle", type=Path, default=Path("dist/tartan"),
-                   help="the built onedir bundle (default: dist/tartan)")
+    p.add_argument("action", choices=("install", "uninstall", "install-cni"))
+    p.add_argument("--bundle", type=Path,
+                   help="the built onedir bundle (default: dist/tartan; for install-cni, "
+                   f"the image's {BUNDLE_DIR})")
     p.add_argument("--destdir", default=os.environ.get("DESTDIR", ""),
                    help="staging root (default: $DESTDIR, else /)")
-    return p.parse_args(argv)
+    p.add_argument("--cni-bin", type=Path, default=Path(CNI_BIN),
+                   help=f"install-cni: the host's CNI folder, mounted (default: {CNI_BIN})")
+    p.add_argument("--conflist-source", type=Path, default=Path(KUBE_CONFLIST_SOURCE),
+                   help="install-cni: the conflist to install (default: "
+                   f"{KUBE_CONFLIST_SOURCE}, the ConfigMap's cni-conf.json)")
+    p.add_argument("--conflist", type=Path, default=Path(CONFLIST),
+                   help=f"install-cni: where it goes (default: {CONFLIST})")
+    args = p.parse_args(argv)
+    if args.bundle is None:
+        args.bundle = Path(BUNDLE_DIR if args.action == "install-cni" else "dist/tartan")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
             manifest = install(root, args.bundle.resolve())
             print(f"installed {len(manifest.entries)} paths under {root.base} "
                   f"(record: {MANIFEST})")
+        elif args.action == "install-cni":
+            for path in install_cni(args.bundle, args.cni_bin, args.conflist_source,
+                                    args.conflist):
+                print(f"installed {path}")
         else:
             uninstall(root)
     except (InstallError, OSError) as exc:

@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 from bundle_kit import CNI_NAMES, PACKAGING, install_py, make, packaging_module, snapshot
 
-from harness import requires_root
+from tartan.backends import agent
+
+from harness import eventually, requires_root, stop_process
 
 CONFLIST = "etc/cni/net.d/10-tartan.conflist"
+NET_CONF = "etc/tartan/net-conf.json"
+UNIT = "etc/systemd/system/tartand.service"
 MANIFEST = "opt/tartan/.installed"
 
 
@@ -34,25 +38,32 @@ def test_make_install_and_uninstall_into_an_empty_destdir(bundle, tmp_path):
     before = snapshot(root)
     assert make("install", env={"DESTDIR": str(root)}).returncode == 0
     assert (root / CONFLIST).read_bytes() == (PACKAGING / "10-tartan.conflist").read_bytes()
-    unit = (root / "etc/systemd/system/tartand.service").read_text()
-    assert "ExecStart=/usr/local/bin/tartand --ip-masq" in unit and "Restart=always" in unit
+    assert (root / NET_CONF).read_bytes() == (PACKAGING / "net-conf.json").read_bytes()
+    unit = (root / UNIT).read_text()
+    assert "ExecStart=/usr/local/bin/tartand --ip-masq --net-config /etc/tartan/net-conf.json" \
+        in unit and "Restart=always" in unit
     for name in CNI_NAMES:
         assert os.path.realpath(root / "opt/cni/bin" / name) == str(root / "opt/tartan/tartan-cni")
     assert make("uninstall", env={"DESTDIR": str(root)}).returncode == 0
     assert snapshot(root) == before
 
 
-def test_an_existing_conflist_is_left_alone(bundle, tmp_path):
-    mine = tmp_path / CONFLIST
+@pytest.mark.parametrize("path, text", [
+    (CONFLIST, '{"cniVersion": "0.4.0", "name": "operators-own", "plugins": []}\n'),
+    (NET_CONF, '{"Network": "10.42.0.0/16", "Backend": {"Type": "host-gw"}, "operators-own": 1}\n'),
+])
+def test_an_existing_config_is_left_alone(bundle, tmp_path, path, text):
+    mine = tmp_path / path
     mine.parent.mkdir(parents=True)
-    mine.write_text('{"cniVersion": "0.4.0", "name": "operators-own", "plugins": []}\n')
+    mine.write_text(text)
     before = snapshot(tmp_path)
     proc = install_py("install", tmp_path, bundle)
     assert proc.returncode == 0, proc.stderr
-    assert "operators-own" in mine.read_text()
+    assert f"kept /{path}: it exists" in proc.stderr
+    assert mine.read_text() == text
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    assert "/" + CONFLIST in manifest["kept"]
-    assert not [e for e in manifest["created"] if e["path"] == "/" + CONFLIST]
+    assert "/" + path in manifest["kept"]
+    assert not [e for e in manifest["created"] if e["path"] == "/" + path]
     assert install_py("uninstall", tmp_path).returncode == 0
     assert snapshot(tmp_path) == before
 
@@ -104,14 +115,30 @@ def test_install_twice_is_an_upgrade_and_one_uninstall_removes_it(bundle, tmp_pa
     assert again.returncode == 0 and "nothing to uninstall" in again.stderr
 
 
-def test_an_edited_default_conflist_survives_uninstall(bundle, tmp_path):
+@pytest.mark.parametrize("path", [CONFLIST, NET_CONF])
+def test_an_edited_default_config_survives_uninstall(bundle, tmp_path, path):
     assert install_py("install", tmp_path, bundle).returncode == 0
-    (tmp_path / CONFLIST).write_text('{"edited": true}\n')
+    (tmp_path / path).write_text('{"edited": true}\n')
     proc = install_py("uninstall", tmp_path)
     assert proc.returncode == 0
-    assert "10-tartan.conflist (edited since install)" in proc.stderr
-    assert (tmp_path / CONFLIST).read_text() == '{"edited": true}\n'
+    assert f"/{path} (edited since install)" in proc.stderr
+    assert (tmp_path / path).read_text() == '{"edited": true}\n'
     assert not (tmp_path / "opt/tartan").exists() and not (tmp_path / "opt/cni/bin").exists()
+    assert sorted(os.listdir(tmp_path / path.split("/")[0])) == [path.split("/")[1]]
+
+
+def test_the_units_tartand_starts_on_the_installed_net_conf(staged):
+    """What `systemctl start tartand` runs: its flags are tartand's, and the file its
+    --net-config names is installed and valid (so a fresh store gets the network from it)."""
+    unit = (staged.root / UNIT).read_text()
+    argv = next(line.split("=", 1)[1] for line in unit.splitlines()
+                if line.startswith("ExecStart=")).split()
+    assert argv[0] == "/usr/local/bin/tartand"
+    args = agent.parse_args(argv[1:])
+    assert args.ip_masq and str(args.net_config) == "/" + NET_CONF
+    raw = json.loads((staged.root / NET_CONF).read_text())
+    assert str(agent.parse_net_conf(raw).network) == "10.244.0.0/16"
+    assert raw["Backend"]["Type"] == "vxlan"
 
 
 def test_systemd_is_told_about_the_unit_when_it_runs(bundle, tmp_path, monkeypatch):
@@ -140,7 +167,8 @@ def test_a_missing_systemctl_is_a_note_not_an_error(tmp_path, monkeypatch, capsy
 # --- the real host ---------------------------------------------------------------------------
 
 # Everything install may touch on the host, and the folders above it.
-HOST_PATHS = ("/opt/tartan", "/opt/cni", "/etc/cni", "/usr/local/bin", "/etc/systemd/system")
+HOST_PATHS = ("/opt/tartan", "/opt/cni", "/etc/cni", "/etc/tartan", "/usr/local/bin",
+              "/etc/systemd/system")
 HOST_PARENTS = ("/opt", "/etc", "/usr/local")
 LOCK = "/run/lock/tartan-host-install.lock"
 
@@ -172,6 +200,7 @@ def real_host(bundle):
 def test_make_install_then_uninstall_leaves_the_host_as_it_was(real_host):
     installed = make("install")
     assert installed.returncode == 0, installed.stdout
+    assert json.loads(Path("/" + NET_CONF).read_text())["Network"] == "10.244.0.0/16"
     for name in CNI_NAMES:
         proc = subprocess.run([f"/opt/cni/bin/{name}"], env={"CNI_COMMAND": "VERSION"},
                               capture_output=True, text=True, timeout=30, check=False)
@@ -182,3 +211,33 @@ def test_make_install_then_uninstall_leaves_the_host_as_it_was(real_host):
     uninstalled = make("uninstall")
     assert uninstalled.returncode == 0, uninstalled.stdout
     assert host_snapshot() == real_host
+
+
+@pytest.mark.kernel
+@requires_root
+def test_tartand_as_the_unit_runs_it_starts_on_a_fresh_node(staged, host_ns, tmp_path):
+    """A fresh node: an empty store and only what install wrote. tartand started with the
+    unit's command line (in a node namespace, its state files in the test's tmp) takes the
+    network from the installed net-conf.json, leases a subnet and starts."""
+    unit = (staged.root / UNIT).read_text()
+    argv = next(line.split("=", 1)[1] for line in unit.splitlines()
+                if line.startswith("ExecStart=")).split()
+    argv = [str(staged.root / arg.lstrip("/")) if arg.startswith(("/usr/", "/etc/")) else arg
+            for arg in argv]
+    host_ns.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    host_ns.run("ip", "addr", "add", "198.18.9.2/24", "dev", "eth0")
+    for link in ("eth0", "eth0p"):
+        host_ns.run("ip", "link", "set", link, "up")
+    subnet_file, log = tmp_path / "subnet.env", tmp_path / "tartand.log"
+    argv += ["--store", f"sqlite:{tmp_path / 'leases.db'}", "--iface", "eth0",
+             "--subnet-file", str(subnet_file), "--cni-socket", str(tmp_path / "cni.sock"),
+             "--cni-journal", str(tmp_path / "journal"), "--no-network-policy"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["nsenter", f"--net={host_ns.path}", *argv],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out)
+    try:
+        eventually(lambda: "agent.started" in log.read_text(), 30, process=proc,
+                   what=lambda: f"tartand started:\n{log.read_text()}")
+        assert "FLANNEL_NETWORK=10.244.0.0/16" in subnet_file.read_text()
+    finally:
+        stop_process(proc)

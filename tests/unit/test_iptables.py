@@ -323,7 +323,7 @@ def no_exec(argv, stdin):
 ])
 def test_backend_from_the_iptables_symlink_without_exec(target, backend):
     got = detect_backend(which=lambda name: "/usr/sbin/iptables", realpath=lambda p: target,
-                         runner=no_exec)
+                         runner=no_exec, chosen="")
     assert got == backend
 
 
@@ -340,11 +340,48 @@ def test_backend_from_version_when_the_symlink_says_nothing(version, backend):
         return subprocess.CompletedProcess(argv, 0, version, "")
 
     got = detect_backend(which=lambda name: "/usr/local/sbin/iptables",
-                         realpath=lambda p: "/usr/local/sbin/iptables-wrapper", runner=runner)
+                         realpath=lambda p: "/usr/local/sbin/iptables-wrapper", runner=runner,
+                         chosen="")
     assert got == backend
     assert calls == [["/usr/local/sbin/iptables", "--version"]]
 
 
 def test_backend_detection_without_iptables_is_a_clear_error():
     with pytest.raises(errors.IptablesFailure, match="iptables not found"):
-        detect_backend(which=lambda name: None, runner=no_exec)
+        detect_backend(which=lambda name: None, runner=no_exec, chosen="")
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_a_named_backend_is_taken_as_it_is(backend):
+    assert detect_backend(which=lambda name: None, runner=no_exec, chosen=backend) == backend
+
+
+def test_an_unknown_backend_name_is_one_clear_error():
+    with pytest.raises(errors.IptablesFailure, match="TARTAN_IPTABLES_BACKEND='xt'"):
+        detect_backend(runner=no_exec, chosen="xt")
+
+
+def saving(tables):
+    """A runner answering `<family>-<backend>-save` from `tables`; a missing one is absent."""
+    def runner(argv, stdin):
+        if argv[0] not in tables:
+            raise errors.IptablesFailure(f"{argv[0]} not found")
+        return subprocess.CompletedProcess(argv, 0, tables[argv[0]], "")
+    return runner
+
+
+RULES = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\n-A INPUT -j DROP\nCOMMIT\n"
+HINT = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"
+
+
+@pytest.mark.parametrize(("tables", "backend"), [
+    ({"iptables-legacy-save": HINT, "iptables-nft-save": RULES}, "legacy"),  # kubelet's sign
+    ({"iptables-nft-save": HINT, "iptables-legacy-save": RULES}, "nft"),
+    ({"iptables-legacy-save": RULES, "iptables-nft-save": ""}, "legacy"),  # more rules
+    ({"ip6tables-legacy-save": RULES, "iptables-nft-save": ""}, "legacy"),
+    ({"iptables-legacy-save": "", "iptables-nft-save": RULES}, "nft"),
+    ({"iptables-legacy-save": "", "iptables-nft-save": ""}, "nft"),  # nothing anywhere
+    ({"iptables-nft-save": ""}, "nft"),  # no legacy commands at all
+])
+def test_auto_takes_the_backend_the_node_already_uses(tables, backend):
+    assert detect_backend(which=lambda name: None, runner=saving(tables), chosen="auto") == backend

@@ -18,12 +18,14 @@ empty, so each VM's overlay gets its own; timers and units a lab VM does not nee
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,11 +123,28 @@ def lab_key() -> Path:
     return key
 
 
+@contextlib.contextmanager
+def _building(name: str) -> Iterator[None]:
+    """Exclusive against every other process building `name` in the cache (the VM suite and
+    the image test run at once in `make test`): the second waits, then finds it built."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def system(say: Callable[[str], None] = print) -> tuple[Path, str]:
     """The system tree for the current inputs, built if missing; (tree, its key)."""
     key = digest(SUITE, " ".join(PACKAGES), kernel_version(), SYSTEM_VERSION)
     tree = CACHE / f"system-{key}"
     if (tree / ".built").exists():
+        return tree, key
+    with _building("system"):
+        return _build_system(tree, key, say)
+
+
+def _build_system(tree: Path, key: str, say: Callable[[str], None]) -> tuple[Path, str]:
+    if (tree / ".built").exists():  # built while this process waited for the lock
         return tree, key
     shutil.rmtree(tree, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
