@@ -6,7 +6,10 @@ The clean-up flannel users paste from blog posts (delete cni0 and flannel.1, rm 
   (cni0 by default) and the host ends of the pods' veths on it;
 - routes tagged with Tartan's protocol (152), both families;
 - iptables chains named `TARTAN-*` in the filter and nat tables, both families, on each
-  backend (nf_tables and legacy) whose tools are here, with the rules that jump to them;
+  backend (nf_tables and legacy) whose tools are here, with the rules that jump to them; and
+  the hostPort chains (`CNI-DN-<hash>`) of pods on Tartan's network, found by the network
+  name in their rules' comments (the shared `CNI-HOSTPORT-*` chains stay: the reference
+  portmap uses them too);
 - ipsets named `TARTAN-*`, destroyed once no rule uses them;
 - the IPAM reservations of Tartan's network (`<ipam dataDir>/<network name>`), the plugin's
   own data dir, and the contents of /run/tartan (the subnet file, the socket, the journal).
@@ -31,6 +34,7 @@ from pyroute2 import IPRoute
 
 from tartan.backends.routes import PROTO_TARTAN
 from tartan.backends.vxlan import is_device
+from tartan.cni.plugins import portmap_rules
 from tartan.debug.node import CNI_CONF_DIR, RUN_DIR, Network, agents_here, find_network
 from tartan.kernel import link, route
 from tartan.kernel.errors import Gone, TartanError
@@ -59,10 +63,11 @@ class Item:
 def plan(network: Network, run_dir: str = RUN_DIR) -> list[Item]:
     """Everything of Tartan's on this node, in the order it is removed: rules before the
     sets they match, routes before links, links, then files."""
-    return [*_chains(), *_ipsets(), *_routes_and_links(network), *_files(network, run_dir)]
+    return [*_chains(network), *_ipsets(), *_routes_and_links(network),
+            *_files(network, run_dir)]
 
 
-def _chains() -> Iterator[Item]:
+def _chains(network: Network) -> Iterator[Item]:
     for family in (4, 6):
         for backend in BACKENDS:
             tool = f"{'ip6tables' if family == 6 else 'iptables'}-{backend}-save"
@@ -75,6 +80,8 @@ def _chains() -> Iterator[Item]:
                 except TartanError:
                     continue  # the table is not there on this backend
                 doomed = sorted(name for name in live.chains if name.startswith(PREFIX))
+                doomed += sorted(portmap_rules.chain_name(network.name, container)
+                                 for container in portmap_rules.containers(live, network.name))
                 if not doomed:
                     continue
                 jumps = sum(len(live.jumps_to(name)) for name in doomed)

@@ -26,10 +26,13 @@ def reset(node, tmp: Path, *flags: str) -> subprocess.CompletedProcess:
 def tartan_state(node) -> dict[str, list[str]]:
     """What of Tartan's the node has: links, routes, chains (nft and legacy), sets."""
     links = node.ns.run("ip", "-o", "link", "show").stdout.splitlines()
-    chains = [line for tool in ("iptables-nft-save", "iptables-legacy-save",
-                                "ip6tables-nft-save")
-              for line in node.ns.run(tool, check=False).stdout.splitlines()
-              if "TARTAN-" in line]
+    saved = [line for tool in ("iptables-nft-save", "iptables-legacy-save",
+                               "ip6tables-nft-save")
+             for line in node.ns.run(tool, check=False).stdout.splitlines()]
+    # hostPort chains of another network (its jump's comment names it) are not Tartan's
+    others = {line.split()[-1] for line in saved if '\\"othernet\\"' in line}
+    chains = [line for line in saved if "TARTAN-" in line
+              or ("CNI-DN-" in line and not any(chain in line for chain in others))]
     return {
         "links": [line.split(":")[1].strip().split("@")[0] for line in links
                   if "tartan." in line or "cni0" in line or "master cni0" in line],
@@ -45,6 +48,8 @@ def foreign_state(node) -> dict[str, object]:
             "route": node.ns.run("ip", "route", "show", "10.99.0.0/24").stdout.strip(),
             "chain": [line for line in node.ns.run("iptables-save", "-t", "filter").stdout
                       .splitlines() if "KUBE-OTHER" in line],
+            "hostport": [line for line in node.ns.run("iptables-save", "-t", "nat").stdout
+                         .splitlines() if "othernet" in line],
             "set": "KUBE-SET" in node.ns.run("ipset", "list", "-n").stdout}
 
 
@@ -61,6 +66,13 @@ def test_reset_removes_only_tartan_and_tartand_rebuilds(cluster, tmp_path):  # n
     added = run_plugin("tartan", "ADD", plugin, container_id=unique("ctr-"), netns=pod_ns.path,
                        host_ns=a.ns, extra_env={"TARTAN_NO_AGENT": "1"})
     assert added.code == 0, added.stdout
+    for network, port in ((conf["name"], 8080), ("othernet", 8081)):  # hostPorts: ours, not
+        mapped = run_plugin("tartan-portmap", "ADD", {
+            "cniVersion": "1.0.0", "name": network, "type": "tartan-portmap",
+            "runtimeConfig": {"portMappings": [{"hostPort": port, "containerPort": 80}]},
+            "prevResult": added.json}, container_id=unique("ctr-"), netns=pod_ns.path,
+            host_ns=a.ns, extra_env={"TARTAN_NO_AGENT": "1"})
+        assert mapped.code == 0, mapped.stdout
     a.ns.run("ip", "link", "add", "other0", "type", "bridge")
     a.ns.run("ip", "link", "set", "other0", "up")
     a.ns.run("ip", "route", "add", "10.99.0.0/24", "dev", "other0", "proto", "static")
@@ -69,6 +81,7 @@ def test_reset_removes_only_tartan_and_tartand_rebuilds(cluster, tmp_path):  # n
     a.ns.run("ipset", "create", "KUBE-SET", "hash:ip")
     before, others = tartan_state(a), foreign_state(a)
     assert all(before.values()), before  # the premise: there is something of each kind
+    assert any("CNI-DN-" in line for line in before["chains"]), before  # our hostPort too
 
     refused = reset(a, tmp_path)
     assert refused.returncode == 1 and "tartand runs here (pid" in refused.stderr
