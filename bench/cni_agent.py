@@ -20,11 +20,12 @@ from pathlib import Path
 
 from cni_run import VENV_BIN, BenchError, Impl
 
+from tartan.cni import registry
+
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE_CNI = REPO / "dist" / "tartan" / "tartan-cni"
 BUNDLE_IMPLS = ("tartan-agent", "tartan-bundle-fallback", "tartan-meta")
 AGENT_IMPLS = ("tartan-agent", "tartan-meta")
-PLUGIN_NAMES = ("tartan", "tartan-bridge", "tartan-ipam")
 SERVER_START_TIMEOUT = 30.0
 
 # What the `tartan` meta plugin reads, as flanneld (or tartand) writes it.
@@ -45,7 +46,7 @@ def bundle_impls(names: list[str], work: Path) -> dict[str, Impl]:
     `work` (a temporary directory the caller removes)."""
     bin_dir = work / "bin"
     bin_dir.mkdir()
-    for name in PLUGIN_NAMES:
+    for name in registry.NAMES:
         (bin_dir / name).symlink_to(BUNDLE_CNI)
     subnet_file = work / "subnet.env"
     subnet_file.write_text(SUBNET_ENV)

@@ -24,11 +24,13 @@ import os
 import subprocess
 import threading
 import time
+import traceback
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tartan.ipam.lease import LeaseError
 from tartan.kernel import sysctl
-from tartan.kernel.errors import KernelFailure
+from tartan.kernel.errors import KernelFailure, TartanError
 from tartan.kernel.ipset import Ipsets, apply_with_rules
 from tartan.kernel.iptables import Iptables, RuleCounters, applied_live
 from tartan.netpol.compiler import SET_PREFIX, Compiled, Options, Reuse, compile_node
@@ -114,10 +116,13 @@ def ensure_bridge_netfilter() -> None:
     sysctl.write(BRIDGE_SYSCTL, "1")
 
 
+RESYNC_INTERVAL = 30.0  # seconds between full syncs when nothing changed (--policy-resync)
+
+
 class Enforcer:
     def __init__(self, source: PolicySource, node: str, addresses: Callable[[], list[str]],
                  report: Report, *, apply: Apply | None = None, options: Options | None = None,
-                 interval: float = 30.0, debounce: float = 0.1,
+                 interval: float = RESYNC_INTERVAL, debounce: float = 0.1,
                  prepare: Callable[[], None] = ensure_bridge_netfilter,
                  counters: ReadCounters | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -271,10 +276,14 @@ class Enforcer:
         return result
 
     def _failed(self, exc: Exception) -> None:
+        """Once while the same failure lasts; a bug (no TartanError) with its traceback."""
         text = f"{type(exc).__name__}: {exc}"
         if text != self.failure:
             self.failure = text
-            self.report("netpol.failed", {"error": text})
+            fields = {"error": text}
+            if not isinstance(exc, (TartanError, LeaseError)):  # neither kernel nor store
+                fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
+            self.report("netpol.failed", fields)
 
     def _report_problems(self, snapshot: Snapshot) -> None:
         """Each invalid object once (while it stays invalid), with the line naming it."""

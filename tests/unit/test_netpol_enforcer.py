@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from tartan.ipam.lease import StoreUnavailable
 from tartan.netpol.compiler import Compiled
 from tartan.netpol.enforcer import Enforcer
 from tartan.netpol.manifest import ManifestError
@@ -91,14 +92,26 @@ def test_the_loop_syncs_on_a_change_after_the_debounce_and_stops():
 def test_a_failing_sync_is_reported_once_and_its_recovery_too():
     events: list = []
     source = Source()
-    source.fail = RuntimeError("store: etcd request timed out")
+    source.fail = StoreUnavailable("store: etcd request timed out")
     enf = enforcer(source, events)
     for _ in range(3):
         assert enf._guarded(enf.sync) is None
     source.fail = None
     assert enf._guarded(enf.sync) is not None
     assert [e for e, _ in events] == ["netpol.failed", "netpol.recovered"]
-    assert events[0][1] == {"error": "RuntimeError: store: etcd request timed out"}
+    assert events[0][1] == {"error": "StoreUnavailable: store: etcd request timed out"}
+
+
+def test_a_bug_in_a_sync_is_reported_once_with_its_traceback():
+    events: list = []
+    source = Source()
+    source.fail = KeyError("spec")
+    enf = enforcer(source, events)
+    for _ in range(3):
+        assert enf._guarded(enf.sync) is None
+    assert [e for e, _ in events] == ["netpol.failed"]
+    assert events[0][1]["error"] == "KeyError: 'spec'"
+    assert "Traceback" in events[0][1]["traceback"] and "KeyError" in events[0][1]["traceback"]
 
 
 def test_an_invalid_object_is_reported_once_while_the_rest_is_enforced():
