@@ -8,31 +8,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, cast
 
 from tartan.backends.log import Log
+from tartan.backends.startup import NoNetConfig, Startup, retrying
 from tartan.cni import fastpath, journal, subnet_env
 from tartan.ipam import lease as lease_defaults
 
 if TYPE_CHECKING:  # the modules behind these load only once the flags are read
     from http.server import ThreadingHTTPServer
 
-    from tartan.backends.daemon import Agent
+    from tartan.backends.daemon import Agent, LeaseHolder, LeaseReader
+    from tartan.backends.kube import KubeMode
+    from tartan.backends.metrics import Metrics
     from tartan.backends.monitor import KernelMonitor
     from tartan.backends.policy import PolicyHost
     from tartan.cni.server import CniServer
     from tartan.ipam.lease import ClusterStore, LeaseStore
     from tartan.ipam.netconf import NetworkConfig
-
-T = TypeVar("T")
+    from tartan.ipam.objects import ObjectStore
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:9808"  # also where tartanctl and the lab ask
+KUBE_NET_CONFIG = "/etc/kube-flannel/net-conf.json"  # flannel's --net-config-path default
 # a full pass reads every entry of every peer: at 5,000 peers about 0.3 s of CPU, so one a
 # minute (Calico refreshes its routes every 90 s); changes and damage do not wait for it
 DEFAULT_RECONCILE_INTERVAL = 60.0
@@ -65,11 +68,20 @@ def seconds(text: str) -> float:
     return value
 
 
+def default_node_name() -> str:
+    """flannel's: $NODE_NAME (the DaemonSet sets it from spec.nodeName), else the hostname."""
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from tartan.ipam.kube_watch import WatchSettings
+    from tartan.ipam.lease_kube import DEFAULT_ANNOTATION_PREFIX
+
     p = argparse.ArgumentParser(prog="tartand", description="Tartan node agent")
     add_store_flags(p)
-    p.add_argument("--net-config", type=Path,
-                   help="flannel net-conf.json, written into the store when it has none")
+    p.add_argument("--net-config", "--net-config-path", type=Path,
+                   help="flannel net-conf.json: written into the store when it has none; "
+                   f"with --kube-subnet-mgr the config itself (default {KUBE_NET_CONFIG})")
     p.add_argument("--iface", help="external interface (default: the default route's)")
     p.add_argument("--public-ip", help="this node's IP for peers (default: first on --iface)")
     p.add_argument("--subnet-file", type=Path, default=Path(subnet_env.DEFAULT_PATH))
@@ -87,15 +99,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cni-journal", default=journal.DEFAULT_DIR,
                    help="folder where the plugins leave the pod requests they answered while "
                    "no agent ran, recorded at start")
-    p.add_argument("--node-name", default=socket.gethostname(),
-                   help="this node's name, as pods' spec.nodeName gives it (default: hostname)")
+    p.add_argument("--node-name", default=default_node_name(),
+                   help="this node's name, as pods' spec.nodeName gives it (default: "
+                   "$NODE_NAME, else the hostname)")
+    p.add_argument("--kube-subnet-mgr", action="store_true",
+                   help="the node's subnet is its Node's spec.podCIDR and the peers are the "
+                   "other Nodes (flannel's annotations), from the Kubernetes API")
+    p.add_argument("--kubeconfig-file",
+                   help="kubeconfig for the Kubernetes API (default: the in-cluster config)")
+    p.add_argument("--kube-api-url", help="the Kubernetes API server's URL (overrides the "
+                   "kubeconfig's)")
+    p.add_argument("--kube-annotation-prefix", default=DEFAULT_ANNOTATION_PREFIX,
+                   help="prefix of the Node annotations (default: flannel's, %(default)s)")
+    p.add_argument("--kube-stall-timeout", type=seconds, default=WatchSettings.stall_timeout,
+                   help="seconds a watch may send nothing, not even a bookmark (the API "
+                   "server sends one about every minute), before it is opened again "
+                   "(default: %(default)g)")
+    p.add_argument("--policy-source", choices=("kube", "store"),
+                   help="where NetworkPolicy comes from: the Kubernetes API (the default "
+                   "with --kube-subnet-mgr) or the lease store (the default otherwise)")
     p.add_argument("--network-policy", action=argparse.BooleanOptionalAction, default=True,
-                   help="enforce NetworkPolicy from the store (default: on)")
+                   help="enforce NetworkPolicy (default: on)")
     p.add_argument("--policy-resync", type=float, default=30.0,
                    help="seconds between NetworkPolicy resyncs when nothing changed")
     p.add_argument("--policy-log-denied", action="store_true",
                    help="NFLOG (group 100) every packet NetworkPolicy drops")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.policy_source is None:
+        args.policy_source = "kube" if args.kube_subnet_mgr else "store"
+    if args.kube_subnet_mgr and args.net_config is None:
+        args.net_config = Path(KUBE_NET_CONFIG)
+    return args
 
 
 class StartupError(Exception):
@@ -129,22 +163,44 @@ def parse_net_conf(raw: dict[str, Any]) -> NetworkConfig:
     return net
 
 
-def load_network_config(store: LeaseStore, path: Path | None) -> NetworkConfig:
+def read_net_conf(path: Path) -> dict[str, Any]:
+    """The --net-config file, checked; StartupError with one line naming the file."""
+    from tartan.ipam.netconf import NetConfError
+
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StartupError(f"--net-config {path}: no such file; write flannel's "
+                           'net-conf.json there, e.g. {"Network": "10.244.0.0/16", '
+                           '"Backend": {"Type": "vxlan"}}') from None
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"--net-config {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise StartupError(f"--net-config {path}: not a JSON object")
+    try:
+        parse_net_conf(raw)
+    except NetConfError as exc:
+        raise StartupError(f"--net-config {path}: {exc}") from None
+    return raw
+
+
+def config_location(args: argparse.Namespace) -> str:
+    """Where the store keeps net-conf.json, in words."""
+    if args.store == "etcd":
+        return f"key {args.etcd_prefix}/config in etcd {args.etcd_endpoints}"
+    return f"the store {args.store}"
+
+
+def load_network_config(store: LeaseStore, path: Path | None,
+                        where: str = "the store") -> NetworkConfig:
     from tartan.ipam.netconf import NetConfError
 
     raw = store.get_config()
     if raw is None:
         if path is None:
-            raise StartupError("no network config in the store: pass --net-config "
-                               "net-conf.json")
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"--net-config {path}: {exc}") from None
-        try:
-            parse_net_conf(raw)
-        except NetConfError as exc:
-            raise StartupError(f"net-conf.json: {exc}") from None
+            raise NoNetConfig(f"no network config in {where}: write flannel's net-conf.json "
+                              "there, or pass --net-config FILE")
+        raw = read_net_conf(path)
         store.put_config(raw)
     try:
         return parse_net_conf(raw)
@@ -152,46 +208,58 @@ def load_network_config(store: LeaseStore, path: Path | None) -> NetworkConfig:
         raise StartupError(f"network config in the store: {exc}") from None
 
 
-def build(args: argparse.Namespace, log: Log) -> Agent:
+def build(args: argparse.Namespace, log: Log, metrics: Metrics, startup: Startup,
+          stop: threading.Event) -> Agent | None:
+    """The agent, once what it needs is there (None when stopped while waiting)."""
     from tartan.backends import registry
     from tartan.backends.daemon import Agent, Settings
-    from tartan.backends.metrics import Metrics
     from tartan.backends.node import NodeError, discover
-    from tartan.ipam.lease import LeaseManager
 
-    store = open_store(args)
-    net = load_network_config(store, args.net_config)
     try:
         node = discover(args.iface, args.public_ip)
     except (NodeError, ValueError) as exc:
         raise StartupError(str(exc)) from None
+    leases = open_leases(args, log, startup, stop)
+    if leases is None:
+        return None
+    store, manager, net, kube = leases
     backend = registry.create(net, node)
-    manager = LeaseManager(store, net, ttl=args.lease_ttl)
     settings = Settings(args.subnet_file, args.ip_masq, args.reconcile_interval)
-    return Agent(store, manager, net, node, backend, settings, log, Metrics())
+    agent = Agent(store, manager, net, node, backend, settings, log, metrics)
+    agent.kube = kube
+    if kube is not None:
+        agent.status_parts["kube"] = kube.status
+    return agent
 
 
-def serve(agent: Agent, address: str) -> ThreadingHTTPServer:
+def open_leases(args: argparse.Namespace, log: Log, startup: Startup, stop: threading.Event
+                ) -> tuple[LeaseReader, LeaseHolder, NetworkConfig, KubeMode | None] | None:
+    """Where the leases come from: the Kubernetes API's Nodes (--kube-subnet-mgr), or the
+    lease store with its network config (waited for when it has none)."""
+    from tartan.ipam.lease import LeaseManager
+
+    if args.kube_subnet_mgr:
+        from tartan.backends.kube import KubeMode
+
+        raw = read_net_conf(args.net_config)
+        kube_net = parse_net_conf(raw)
+        kube = KubeMode.connect(args, log)
+        startup.parts["kube"] = kube.status
+        nodes, holder = kube.node_leases(raw, kube_net)
+        return nodes, holder, kube_net, kube
+    store = open_store(args)
+    net = retrying(lambda: load_network_config(store, args.net_config, config_location(args)),
+                   stop, startup, args)
+    if net is None:
+        return None
+    return store, LeaseManager(store, net, ttl=args.lease_ttl), net, None
+
+
+def serve(startup: Startup, address: str) -> ThreadingHTTPServer:
     from tartan.backends.http import Probes, serve
 
-    probes = Probes(agent.healthy, lambda: agent.ready, agent.status, agent.metrics)
+    probes = Probes(startup.healthy, startup.ready, startup.status, startup.metrics)
     return serve(address, probes)
-
-
-def retrying(step: Callable[[], T], stop: threading.Event, log: Log) -> T | None:
-    """Run `step` until the store answers (an agent may start before etcd does)."""
-    from tartan.ipam.lease import LeaseContention, StoreUnavailable
-
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            return step()
-        except (StoreUnavailable, LeaseContention) as exc:
-            log.warn("store.unavailable" if isinstance(exc, StoreUnavailable)
-                     else "lease.contention", error=str(exc), retry_in=delay)
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
-    return None
 
 
 def serve_cni(agent: Agent, path: str, log: Log, policy: PolicyHost | None) -> CniServer:
@@ -205,7 +273,8 @@ def serve_cni(agent: Agent, path: str, log: Log, policy: PolicyHost | None) -> C
         log.info(event, plugin=plugin or None, container=container or None,
                  command=command or None, ms=round(seconds * 1000, 1), outcome=outcome)
 
-    server = CniServer(Path(path), observe, served=policy.recorder.served if policy else None)
+    recorder = policy.recorder if policy else None
+    server = CniServer(Path(path), observe, served=recorder.served if recorder else None)
     server.start()
     return server
 
@@ -225,21 +294,42 @@ def start_monitor(agent: Agent, log: Log) -> KernelMonitor | None:
 
 def start_policy(agent: Agent, args: argparse.Namespace, log: Log,
                  stop: threading.Event) -> PolicyHost | None:
-    """The NetworkPolicy enforcer beside the routing loop, on the agent's store."""
+    """The NetworkPolicy enforcer beside the routing loop: on the Kubernetes API's objects
+    (--policy-source kube), or on the lease store's, whose pods this node's CNI ADDs record."""
     if not args.network_policy:
         return None
     from tartan.backends.policy import PolicyHost
 
-    policy = PolicyHost(agent.store, args.node_name, log, interval=args.policy_resync,
+    objects: ObjectStore | None = None
+    if args.policy_source == "kube":
+        from tartan.backends.kube import KubeMode
+
+        kube = agent.kube or KubeMode.connect(args, log)
+        source = kube.policy_source()
+    else:
+        from tartan.netpol.source import StoreSource
+
+        objects = object_store(agent, args)
+        source = StoreSource(objects)
+    policy = PolicyHost(objects, args.node_name, log, interval=args.policy_resync,
                         log_denied=args.policy_log_denied, metrics=agent.metrics,
-                        journal_dir=args.cni_journal)
+                        journal_dir=args.cni_journal, source=source)
     agent.status_parts["networkPolicy"] = policy.status
     policy.start(stop)
     return policy
 
 
+def object_store(agent: Agent, args: argparse.Namespace) -> ObjectStore:
+    """The lease store holds the objects; with --kube-subnet-mgr it is opened for them."""
+    if args.kube_subnet_mgr:
+        return open_store(args)
+    return cast("ClusterStore", agent.store)  # what open_leases opened for the leases
+
+
 def main(argv: list[str] | None = None) -> int:
+    from tartan.backends.metrics import Metrics
     from tartan.ipam.lease import StoreUnusable
+    from tartan.ipam.lease_kube import PodCidrOutsideNetwork
 
     args = parse_args(argv)
     log = Log()
@@ -247,27 +337,39 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    startup = Startup(log, Metrics(), args.node_name)
+    server: ThreadingHTTPServer | None = None
     try:
-        agent = retrying(lambda: build(args, log), stop, log)
+        server = serve(startup, args.http_addr)
+        agent = retrying(lambda: build(args, log, startup.metrics, startup, stop), stop,
+                         startup, args)
         if agent is None:
             return 0
-        server = serve(agent, args.http_addr)
-        retrying(agent.start, stop, log)
+        startup.agent = agent
+        retrying(agent.start, stop, startup, args)
+        if stop.is_set():
+            return 0
         monitor = start_monitor(agent, log)
         policy = start_policy(agent, args, log, stop)
         cni = serve_cni(agent, args.cni_socket, log, policy) if args.cni_socket else None
-    except (StartupError, StoreUnusable) as exc:
+    except (StartupError, StoreUnusable, PodCidrOutsideNetwork) as exc:
         print(f"tartand: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the edge: one line, never a traceback
         print(f"tartand: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    log.info("agent.started", http=args.http_addr, store=args.store.split(":")[0])
+    finally:
+        if stop.is_set() and server is not None:
+            server.shutdown()
+    log.info("agent.started", http=args.http_addr,
+             store="kube" if args.kube_subnet_mgr else args.store.split(":")[0])
     agent.run(stop)
     if monitor:
         monitor.stop()
     if cni:
         cni.stop()
+    if agent.kube is not None:
+        agent.kube.close()
     server.shutdown()
     log.info("agent.stopped", note="datapath left in place")
     return 0

@@ -13,6 +13,7 @@ seen, and the store is retried with backoff.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Any, Protocol
 
 from tartan.backends import masq
 from tartan.backends.log import Log
@@ -28,12 +30,11 @@ from tartan.backends.metrics import Metrics
 from tartan.backends.registry import Backend, NodeInfo, PeerProgramming, PeerState, Report
 from tartan.cni import subnet_env
 from tartan.ipam.lease import (
-    ClusterStore,
     Lease,
+    LeaseAttrs,
     LeaseChanges,
     LeaseError,
     LeaseLost,
-    LeaseManager,
     StoreUnavailable,
 )
 from tartan.ipam.netconf import NetworkConfig
@@ -43,8 +44,35 @@ MAX_BACKOFF = 10.0
 WAKE = 1.0  # longest a wait on the store keeps the loop from the kernel monitor's call
 
 
+class LeaseReader(Protocol):
+    """What the loop reads of the leases: the read half of ipam.lease.LeaseStore (a lease
+    store, or the Kubernetes API's Nodes: ipam/lease_kube.py)."""
+
+    def list_leases(self) -> tuple[list[Lease], int]: ...
+
+    def lease_changes(self, since: int) -> LeaseChanges | None: ...
+
+    def wait(self, revision: int, timeout: float) -> int: ...
+
+
+class LeaseHolder(Protocol):
+    """Who gets and keeps this node's lease: ipam.lease.LeaseManager over a lease store, or
+    ipam.lease_kube.KubeLeaseManager (the Node's podCIDR)."""
+
+    def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None = None) -> Lease: ...
+
+    def renew(self, lease: Lease, attrs: LeaseAttrs | None = None) -> Lease: ...
+
+    def needs_renewal(self, lease: Lease) -> bool: ...
+
+
 class NoLease(RuntimeError):
     """The agent was asked for its lease before it acquired one (a bug, not an outage)."""
+
+
+def expires(lease: Lease) -> int | None:
+    """When a lease expires, for the log (None: never, as a Node's podCIDR)."""
+    return round(lease.expiration) if math.isfinite(lease.expiration) else None
 
 
 class FailureReport:
@@ -84,7 +112,7 @@ class Settings:
 
 
 class Agent:
-    def __init__(self, store: ClusterStore, manager: LeaseManager, net: NetworkConfig,
+    def __init__(self, store: LeaseReader, manager: LeaseHolder, net: NetworkConfig,
                  node: NodeInfo, backend: Backend, settings: Settings, log: Log,
                  metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.manager, self.net, self.node = store, manager, net, node
@@ -106,6 +134,7 @@ class Agent:
         self.failures = FailureReport(log)
         # more of /status, by key (the NetworkPolicy enforcer's state)
         self.status_parts: dict[str, Callable[[], dict[str, object]]] = {}
+        self.kube: Any = None  # backends.kube.KubeMode with --kube-subnet-mgr
 
     # -- lease -------------------------------------------------------------------------
 
@@ -128,7 +157,7 @@ class Agent:
         self._lease = self.manager.acquire(self.backend.lease_attrs(), previous)
         self.metrics.lease_acquisitions.inc()
         self.log.info("lease.acquired", subnet=self.lease.subnet, public_ip=self.node.public_ip,
-                      backend=self.backend.name, expires=round(self.lease.expiration))
+                      backend=self.backend.name, expires=expires(self.lease))
         self.backend.setup(self.lease)
         self._publish_lease()
         self.next_full_pass = 0.0  # the datapath follows the (new) lease in full
@@ -166,7 +195,7 @@ class Agent:
             return
         self.metrics.lease_renewals.inc()
         self.log.info("lease.renewed", subnet=self.lease.subnet,
-                      expires=round(self.lease.expiration))
+                      expires=expires(self.lease))
         self._publish_lease()
 
     # -- datapath ----------------------------------------------------------------------
@@ -359,7 +388,9 @@ class Agent:
                 "subnet": str(lease.subnet) if lease else None,
                 "backend": self.backend.name,
                 **self.backend.status(),
-                "leaseExpires": lease.expiration if lease else None,
+                "leaseExpires": lease.expiration if lease and math.isfinite(lease.expiration)
+                else None,
+                **({"name": self.kube.node, "leaseSource": "podCIDR"} if self.kube else {}),
                 "bigTCP": big_tcp(self.node, self.backend.pod_gso_max_size()),
                 "ready": self.ready,
                 "storeReachable": self.outage_since is None,

@@ -23,7 +23,7 @@ from tartan.ipam.objects import ObjectStore
 from tartan.kernel import addr
 from tartan.netpol.compiler import Options
 from tartan.netpol.enforcer import Enforcer, Stats, kernel_counters
-from tartan.netpol.source import StoreSource
+from tartan.netpol.source import PolicySource, StoreSource
 
 SCRAPE_REFRESH = 1.0  # seconds: the youngest counter reading a scrape reuses
 DRAIN_INTERVAL = 2.0  # seconds between looks into the CNI journal (a scandir when empty)
@@ -39,12 +39,20 @@ def node_addresses() -> list[str]:
 
 
 class PolicyHost:
-    def __init__(self, store: ObjectStore, node: str, log: Log, *, interval: float,
+    def __init__(self, store: ObjectStore | None, node: str, log: Log, *, interval: float,
                  log_denied: bool, metrics: Metrics | None = None,
-                 journal_dir: str = journal.DEFAULT_DIR) -> None:
+                 journal_dir: str = journal.DEFAULT_DIR,
+                 source: PolicySource | None = None) -> None:
+        """`source` None: the store's objects (StoreSource); the pods this node serves are
+        recorded in `store` (none recorded without one: the Kubernetes API has them)."""
         self.log = log
-        self.recorder = PodRecorder(store, node, log, journal_dir)
-        self.enforcer = Enforcer(StoreSource(store), node, node_addresses, self._report,
+        self.recorder = PodRecorder(store, node, log, journal_dir) if store is not None \
+            else None
+        if source is None:
+            assert store is not None, "a policy source or a store to read it from"
+            source = StoreSource(store)
+        self.source = source
+        self.enforcer = Enforcer(source, node, node_addresses, self._report,
                                  options=Options(log=log_denied), interval=interval,
                                  counters=kernel_counters())
         self.thread: threading.Thread | None = None
@@ -64,18 +72,26 @@ class PolicyHost:
         """Load this node's records and record what the journal holds (before the CNI
         socket serves: so the journal's requests come first), then run the enforcer and a
         drain of the journal every `DRAIN_INTERVAL` seconds."""
+        start = getattr(self.source, "start", None)
+        if start is not None:  # a source that follows the Kubernetes API
+            start()
+        self.thread = threading.Thread(target=self.enforcer.run, args=(stop,),
+                                       name="netpol", daemon=True)
+        if self.recorder is None:
+            self.thread.start()
+            return
         try:
             self.recorder.load()
         except Exception as exc:  # the store will be read again by every sync
             self.log.warn("pod.records_unread", error=f"{type(exc).__name__}: {exc}")
         self._drain()
-        self.thread = threading.Thread(target=self.enforcer.run, args=(stop,),
-                                       name="netpol", daemon=True)
         self.thread.start()
         threading.Thread(target=self._drain_every, args=(stop,), name="pod-journal",
                          daemon=True).start()
 
     def _drain(self) -> None:
+        if self.recorder is None:
+            return
         try:
             if recorded := self.recorder.drain():
                 self.log.info("pod.journal_recorded", requests=recorded)
@@ -88,9 +104,10 @@ class PolicyHost:
 
     def status(self) -> dict[str, object]:
         last = self.enforcer.last
+        extra = {"source": "store" if isinstance(self.source, StoreSource) else "kube"}
         if last is None:
-            return {"synced": False, "error": self.enforcer.failure or None}
-        return {"synced": True, "revision": last.revision, "pods": last.pods,
+            return {"synced": False, "error": self.enforcer.failure or None, **extra}
+        return {"synced": True, **extra, "revision": last.revision, "pods": last.pods,
                 "policies": last.policies, "invalidObjects": last.problems,
                 "lastSyncMs": round(last.seconds * 1000, 1), "lastSyncFull": last.full,
                 "error": self.enforcer.failure or None}

@@ -43,14 +43,43 @@ def fetch(addr: str, timeout: float = 3.0) -> dict:
 
 def node_lines(node: dict, now: float) -> list[str]:
     expires = node.get("leaseExpires")
-    when = relative(float(expires) - now) if isinstance(expires, int | float) else "-"
+    if node.get("leaseSource") == "podCIDR":
+        lease = " (the Node's spec.podCIDR)"
+    elif isinstance(expires, int | float):
+        lease = f" (lease expires {relative(float(expires) - now)})"
+    else:
+        lease = " (lease expires -)"
     return [
-        f"node:     {node.get('publicIP', '-')}",
-        f"subnet:   {node.get('subnet', '-')} (lease expires {when})",
+        f"node:     {node.get('publicIP', '-')}"
+        + (f" ({node['name']})" if node.get("name") else ""),
+        f"subnet:   {node.get('subnet', '-')}{lease}",
         f"backend:  {node.get('backend', '-')}",
         *([f"BIG TCP:  {node['bigTCP']}"] if node.get("bigTCP") else []),
         f"ready:    {'yes' if node.get('ready') else 'NO'}",
+        *waiting_lines(node.get("waitingFor")),
     ]
+
+
+def waiting_lines(waiting: object) -> list[str]:
+    """What a tartand that is not running yet waits for: one line, and since when."""
+    if not isinstance(waiting, dict):
+        return []
+    since = waiting.get("since")
+    when = f" (for {relative(max(0.0, time.time() - float(since))).removeprefix('in ')})" \
+        if isinstance(since, int | float) else ""
+    return [f"waiting:  {waiting.get('message') or waiting.get('what')}{when}"]
+
+
+def kube_lines(kube: object) -> list[str]:
+    if not isinstance(kube, dict):
+        return []
+    state = "reachable" if kube.get("reachable") else f"UNREACHABLE: {kube.get('error')}"
+    lines = [f"kube API: {kube.get('apiServer', '-')} ({state})"]
+    stalled = [f"{w.get('resource')} {w.get('stalls')}" for w in kube.get("watches") or []
+               if isinstance(w, dict) and w.get("stalls")]
+    if stalled:
+        lines.append(f"          watches restarted after a stall: {', '.join(stalled)}")
+    return lines
 
 
 def peer_lines(peers: list[dict]) -> list[str]:
@@ -63,7 +92,8 @@ def peer_lines(peers: list[dict]) -> list[str]:
 
 
 def render(doc: dict, now: float) -> list[str]:
-    return node_lines(doc.get("node") or {}, now) + peer_lines(doc.get("peers") or [])
+    return (node_lines(doc.get("node") or {}, now) + kube_lines(doc.get("kube"))
+            + peer_lines(doc.get("peers") or []))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

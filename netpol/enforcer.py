@@ -280,7 +280,7 @@ class Enforcer:
         text = f"{type(exc).__name__}: {exc}"
         if text != self.failure:
             self.failure = text
-            fields = {"error": text}
+            fields: dict[str, object] = {"error": text}
             if not isinstance(exc, (TartanError, LeaseError)):  # neither kernel nor store
                 fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
             self.report("netpol.failed", fields)

@@ -5,7 +5,7 @@ their manifests) and what every node's tartand recorded from the CNI ADDs it ser
 pod's IPs and node). A pod's labels and ports come from its manifest, its addresses from the
 record; a pod with a record and no manifest still counts (no labels: selected only by
 selectors that select everything). Invalid objects are reported and left out; the rest is
-enforced. A Kubernetes API source (a later issue) implements the same two methods.
+enforced. The Kubernetes API source (`netpol/source_kube.py`) implements the same two methods.
 """
 
 from __future__ import annotations
