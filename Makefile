@@ -19,7 +19,7 @@ APT_PACKAGES := iproute2 iptables ipset iputils-ping podman runc \
 PACKAGES := kernel cni ipam netpol backends debug
 SOURCES := $(shell find $(PACKAGES) -name '*.py' 2>/dev/null) pyproject.toml
 
-.PHONY: all deps apt venv demo vm-lab test test-vagrant unit lint bench bench-dataplane bench-netpol bench-capture bench-vm bench-scale \
+.PHONY: all deps apt venv demo vm-lab test test-vagrant unit lint bench bench-dataplane bench-netpol bench-capture bench-vm bench-scale bench-cri \
 	clean bundle image \
 	install uninstall
 
@@ -148,6 +148,11 @@ bench-capture: deps
 
 bench-scale: deps bundle
 	$(PY) bench/scale.py --report bench/reports/scale.md
+
+# containerd's CRI: RunPodSandbox and Stop+Remove on Tartan (the bundle, tartand up) against
+# the reference plugins under one containerd, in a node namespace of the bench's own.
+bench-cri: deps bundle
+	$(PY) bench/cri.py --pods 20 --report bench/reports/cri.md
 
 bench-vm: deps bundle
 	$(PY) bench/vm.py --report bench/reports/vm.md

@@ -151,31 +151,34 @@ def _mapping(entry: object, where: str) -> PortMapping:
     if not isinstance(entry, dict):
         raise InvalidConfig(f"{where} must be an object with hostPort and containerPort, "
                             f"got {entry!r}")
+    # Keys in any case, as Go's decoder reads them for the reference: containerd's CRI sends
+    # {"HostPort": 8080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}.
+    fields = {str(key).lower(): value for key, value in entry.items()}
     return PortMapping(
-        host_port=_port(entry, "hostPort", where),
-        container_port=_port(entry, "containerPort", where),
-        protocol=_protocol(entry, where),
-        host_ip=_host_ip(entry, where),
+        host_port=_port(fields, "hostPort", where),
+        container_port=_port(fields, "containerPort", where),
+        protocol=_protocol(fields, where),
+        host_ip=_host_ip(fields, where),
     )
 
 
-def _port(entry: dict, key: str, where: str) -> int:
-    value = entry.get(key)
+def _port(fields: dict, key: str, where: str) -> int:
+    value = fields.get(key.lower())
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise InvalidConfig(f"{where}.{key} must be a port number 1..65535, got {value!r}")
     return value
 
 
-def _protocol(entry: dict, where: str) -> str:
-    value = entry.get("protocol") or "tcp"
+def _protocol(fields: dict, where: str) -> str:
+    value = fields.get("protocol") or "tcp"
     if not isinstance(value, str) or value.lower() not in PROTOCOLS:
         raise InvalidConfig(f"{where}.protocol must be one of {', '.join(PROTOCOLS)}, got "
                             f"{value!r}")
     return value.lower()
 
 
-def _host_ip(entry: dict, where: str) -> Address | None:
-    value = entry.get("hostIP") or None
+def _host_ip(fields: dict, where: str) -> Address | None:
+    value = fields.get("hostip") or None
     if value is None:
         return None
     if not isinstance(value, str):

@@ -47,6 +47,16 @@ def test_every_field():
         PortMapping(9000, 9000, "tcp", None))
 
 
+def test_mapping_keys_in_any_case_as_containerd_sends_them():
+    # containerd 1.6's CRI writes Go's field names; the reference's decoder ignores key case
+    parsed = parse(conf(**mappings(
+        {"HostPort": 30080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""},
+        {"HOSTPORT": 53, "containerport": 5353, "PROTOCOL": "UDP", "hostip": "192.0.2.1"})))
+    assert parsed.mappings == (
+        PortMapping(30080, 80, "tcp", None),
+        PortMapping(53, 5353, "udp", ipaddress.ip_address("192.0.2.1")))
+
+
 def test_mark_bit_bounds_and_external_chain():
     assert parse(conf(markMasqBit=31)).mark_masq_bit == 31
     ext = parse(conf(externalSetMarkChain="KUBE-MARK-MASQ"))
