@@ -20,6 +20,7 @@ from tartan.backends.log import Log
 from tartan.backends.startup import NoNetConfig, Startup, retrying
 from tartan.cni import fastpath, journal, subnet_env
 from tartan.ipam import lease as lease_defaults
+from tartan.netpol import defaults as netpol_defaults
 
 if TYPE_CHECKING:  # the modules behind these load only once the flags are read
     from http.server import ThreadingHTTPServer
@@ -120,10 +121,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "with --kube-subnet-mgr) or the lease store (the default otherwise)")
     p.add_argument("--network-policy", action=argparse.BooleanOptionalAction, default=True,
                    help="enforce NetworkPolicy (default: on)")
-    p.add_argument("--policy-resync", type=float, default=30.0,
+    p.add_argument("--policy-resync", type=float, default=netpol_defaults.RESYNC_INTERVAL,
                    help="seconds between NetworkPolicy resyncs when nothing changed")
     p.add_argument("--policy-log-denied", action="store_true",
-                   help="NFLOG (group 100) every packet NetworkPolicy drops")
+                   help=f"NFLOG (group {netpol_defaults.NFLOG_GROUP}) every packet "
+                   "NetworkPolicy drops")
     args = p.parse_args(argv)
     if args.policy_source is None:
         args.policy_source = "kube" if args.kube_subnet_mgr else "store"

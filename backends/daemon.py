@@ -293,6 +293,18 @@ class Agent:
         self._store_recovered()
         return revision
 
+    def _relist(self, revision: int) -> int:
+        """The store's revision after a fresh listing, so that the loop's next wait starts past
+        a change whose incremental write failed, instead of applying it (and failing) again at
+        once, forever; `revision` while the store cannot be read."""
+        try:
+            return self._refresh()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+        except Exception as exc:  # a bug listing: the full pass reports what it finds
+            self.failures.failed(exc)
+        return revision
+
     def _store_recovered(self) -> None:
         if self.outage_since is not None:
             self.log.info("store.recovered",
@@ -333,10 +345,10 @@ class Agent:
             self._store_failed(exc)
         except LeaseError as exc:  # no subnet to be had right now: keep the datapath, retry
             self.log.error("lease.unavailable", error=str(exc), retry_in=delay)
-        except Exception as exc:  # noqa: BLE001 - an incremental write failed: a full pass
+        except Exception as exc:  # a bug in an incremental write: list afresh, a full pass
             self.metrics.reconcile_failures.inc()
             self.failures.failed(exc)
-            full = True
+            revision, full = self._relist(revision), True
         if full or self.clock() >= self.next_full_pass:
             try:
                 self.reconcile()

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from tartan.cni.errors import DecodeFailure, IncompatibleVersion
-from tartan.cni.versions import CURRENT_VERSION, SUPPORTED_VERSIONS  # noqa: F401 - re-exported
+from tartan.cni.versions import CURRENT_VERSION, SUPPORTED_VERSIONS
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -218,7 +218,7 @@ class Reflector:
                 if not self.resource_version:
                     self._list()
                 self._watch()
-            except Exception as exc:  # noqa: BLE001 - every failure is retried
+            except Exception as exc:
                 if self._stop.is_set():
                     return
                 if isinstance(exc, Gone) or is_gone(exc):

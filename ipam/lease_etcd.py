@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 # setdefault keeps an operator's explicit choice.
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
-import grpc  # noqa: E402
+import grpc
 
 with warnings.catch_warnings():  # its old generated code warns on every message type
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -50,7 +50,7 @@ with warnings.catch_warnings():  # its old generated code warns on every message
     from etcd3 import etcdrpc
     from etcd3.exceptions import Etcd3Exception
 
-from tartan.ipam.lease import (  # noqa: E402
+from tartan.ipam.lease import (
     DEFAULT_ETCD_PREFIX,
     Clock,
     Lease,
@@ -60,8 +60,8 @@ from tartan.ipam.lease import (  # noqa: E402
     parse_subnet_key,
     subnet_key,
 )
-from tartan.ipam.netconf import WHOLE, decode_json  # noqa: E402
-from tartan.ipam.objects import (  # noqa: E402
+from tartan.ipam.netconf import WHOLE, decode_json
+from tartan.ipam.objects import (
     ObjectChanges,
     Objects,
     check_key,

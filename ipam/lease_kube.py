@@ -209,7 +209,7 @@ class KubeLeaseStore:
             self.core.patch_node_status(
                 self.node, body, _content_type="application/strategic-merge-patch+json",
                 _request_timeout=(10, 30))
-        except Exception as exc:  # noqa: BLE001 - the client's errors, in one place
+        except Exception as exc:
             raise KubeUnavailable(f"PATCH of node {self.node}'s annotations at {self.url}: "
                                   f"{describe_error(exc)}") from None
 

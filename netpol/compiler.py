@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from tartan.kernel.ipset import IpSet
 from tartan.kernel.iptables import Chain, LiveTable, Rule, Table
+from tartan.netpol.defaults import NFLOG_GROUP
 from tartan.netpol.model import (
     Cluster,
     Direction,
@@ -51,7 +52,6 @@ from tartan.netpol.model import (
 CHAIN_PREFIX = "TARTAN-NP"
 SET_PREFIX = "TARTAN-NP-"  # every set the enforcer owns (and may prune) starts with this
 HOOKS = {"FORWARD": "TARTAN-NP-FWD", "INPUT": "TARTAN-NP-IN", "OUTPUT": "TARTAN-NP-OUT"}
-NFLOG_GROUP = 100
 MAX_PREFIX = 63  # NFLOG's prefix is at most 64 bytes with its NUL
 HOOK_COMMENT = "tartan: NetworkPolicy"
 

@@ -35,6 +35,7 @@ from tartan.kernel.ipset import Ipsets, apply_with_rules
 from tartan.kernel.iptables import Iptables, RuleCounters, applied_live
 from tartan.netpol.compiler import SET_PREFIX, Compiled, Options, Reuse, compile_node
 from tartan.netpol.counters import POD_CHAIN_PREFIXES, Denied, DeniedTotals, Key, isolated_pods
+from tartan.netpol.defaults import RESYNC_INTERVAL
 from tartan.netpol.source import PolicySource, Snapshot
 
 Apply = Callable[[Compiled, "Compiled | None"], int]  # (wanted, the last applied or None)
@@ -114,9 +115,6 @@ def ensure_bridge_netfilter() -> None:
         raise KernelFailure("br_netfilter is not loaded, so traffic between pods of one node "
                             "would bypass NetworkPolicy: modprobe br_netfilter")
     sysctl.write(BRIDGE_SYSCTL, "1")
-
-
-RESYNC_INTERVAL = 30.0  # seconds between full syncs when nothing changed (--policy-resync)
 
 
 class Enforcer:

@@ -196,6 +196,31 @@ def test_one_full_pass_repairs_damage_among_incremental_steps(node: Node, seed: 
     assert IPv4Network("10.99.0.0/24") not in networks
 
 
+def test_a_bug_in_an_incremental_write_is_a_full_pass_once_not_a_loop(node: Node, monkeypatch):
+    rng = random.Random("bug")
+    calls = []
+
+    def broken(changes):  # fails on every change it is given
+        if len(changes):
+            calls.append(changes.revision)
+            raise KeyError("a bug")
+
+    monkeypatch.setattr(node.agent, "apply", broken)
+    store_change(node, rng)
+    passes, failures = node.agent.passes, node.agent.metrics.reconcile_failures._value.get()
+    node.agent.next_full_pass = FAR
+    with netns.entered(node.path):
+        revision, _ = node.agent.step(node.revision)
+    assert len(calls) == 1 and node.agent.passes == passes + 1  # the change, then a full pass
+    assert revision == node.leases.list_leases()[1]  # past the change that failed
+    assert node.agent.metrics.reconcile_failures._value.get() == failures + 1
+    with netns.entered(node.path):  # nothing new in the store: nothing is tried again
+        assert node.agent.step(revision)[0] == revision
+    assert len(calls) == 1 and node.agent.passes == passes + 1
+    monkeypatch.undo()
+    assert node.full_pass() == 0  # the full pass had applied the change
+
+
 def test_a_restarted_agent_with_thousands_of_peers_rewrites_nothing(node: Node):
     if node.backend != "vxlan":
         pytest.skip("one backend is enough for the size")

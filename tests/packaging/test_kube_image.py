@@ -30,7 +30,7 @@ from bundle_kit import PACKAGING, REPO, packaging_module, snapshot
 from tartan.cni import registry
 
 sys.path.insert(0, str(REPO / "vagrant"))
-from vmlab import image as vm_image  # noqa: E402
+from vmlab import image as vm_image
 
 PODMAN = shutil.which("podman")
 RUNC = shutil.which("runc")

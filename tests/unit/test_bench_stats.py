@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from latency_stats import (  # noqa: E402
+from latency_stats import (
     PairSeries,
     Stats,
     markdown,
@@ -20,7 +20,7 @@ from latency_stats import (  # noqa: E402
     plain,
     ratio,
 )
-from pngchart import Bar, Canvas, Panel, bar_chart, nice_step  # noqa: E402
+from pngchart import Bar, Canvas, Panel, bar_chart, nice_step
 
 
 def test_percentile_interpolates_between_order_statistics():
