@@ -107,6 +107,7 @@ def cmd_demo(lab: Lab, args: argparse.Namespace) -> int:
         ok = views.ping_matrix(lab, say)
         ok = lab_demo.show(lab, say) and ok
         ok = lab_demo.show_trace(lab, say) and ok
+        ok = lab_demo.show_hostport(lab, say) and ok
         ok = lab_demo.show_capture(lab, say) and ok
         ok = lab_demo.show_doctor(lab, say) and ok
     except LabError as exc:

@@ -1,8 +1,9 @@
 """What `tartanctl lab demo` (and so `make demo`) shows after the ping matrix: NetworkPolicy
 (pods with real listeners in two namespaces, probed before and after a policy that admits
 only one namespace on one port, each matrix checked against `policy explain`), two probes
-traced (one delivered, one denied by that policy), a ping captured at every hop of its path,
-and doctor on a healthy node."""
+traced (one delivered, one denied by that policy), a hostPort mapped by tartan-portmap and
+reached from a pod of another node, a ping captured at every hop of its path, and doctor on a
+healthy node."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import subprocess
 import threading
 from collections.abc import Callable
 
-from tartan.debug import lab_agents, lab_objects, lab_policy_cli, lab_store
+from tartan.debug import lab_agents, lab_objects, lab_pods, lab_policy_cli, lab_probe, lab_store
+from tartan.debug import lab_plan as plan
 from tartan.debug.lab import Lab
-from tartan.debug.lab_state import Node
-from tartan.debug.lab_sys import in_node
+from tartan.debug.lab_state import Node, Pod
+from tartan.debug.lab_sys import in_node, netns_path
 from tartan.netpol.model import Protocol
 
 WORKLOADS = """\
@@ -71,6 +73,53 @@ def show(lab: Lab, say: Callable[[str], None]) -> bool:
             say(line)
         ok &= matrix.ok
     return ok
+
+
+HOST_PORT = 30080  # on the node of office/laptop, to its port 80
+
+
+def portmap_config(pod: Pod, host_port: int, container_port: int) -> dict:
+    """What the runtime hands tartan-portmap after `tartan` made the pod: the mapping
+    (runtimeConfig, from capabilities.portMappings) and the pod's result as prevResult."""
+    return {"cniVersion": "1.0.0", "name": plan.CNI_NETWORK, "type": "tartan-portmap",
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": host_port, "containerPort": container_port, "protocol": "tcp"}]},
+            "prevResult": {"cniVersion": "1.0.0",
+                           "interfaces": [{"name": "eth0", "sandbox": netns_path(pod.netns)}],
+                           "ips": [{"address": pod.address, "interface": 0}]}}
+
+
+def show_hostport(lab: Lab, say: Callable[[str], None]) -> bool:
+    """office/laptop's port 80 published as a hostPort of its node by tartan-portmap, reached
+    from another node through the node's address (the way a client outside the cluster comes
+    in), and gone again after DEL."""
+    state = lab.load()
+    pod = lab_probe.find(state, "office/laptop")
+    node = state.node(pod.node)
+    client = next((n for n in state.nodes if n.name != pod.node), None)
+    assert node is not None and client is not None
+    target = f"{node.ip.split('/')[0]}:{HOST_PORT}"
+    config = portmap_config(pod, HOST_PORT, 80)
+    say(f"---- tartan-portmap ADD: hostPort {HOST_PORT} of {node.name} -> {pod.key}:80")
+    lab_pods.cni(lab.sys, node, pod, "ADD", config=config)
+    saved = lab.sys.run(in_node(node.holder_pid, ["iptables-save", "-t", "nat"]),
+                        what="iptables-save").stdout
+    for line in saved.splitlines():
+        if line.startswith("-A CNI-") and "DNAT" in line:
+            say(f"  {line}")
+    reached = _connect(client.netns, target)
+    say(f"  {client.name} -> {target}: {reached.reason}"
+        + (f" (answered by {reached.answer})" if reached.answer else ""))
+    say(f"---- tartan-portmap DEL: hostPort {HOST_PORT} of {node.name}")
+    lab_pods.cni(lab.sys, node, pod, "DEL", config=config)
+    after = _connect(client.netns, target)
+    say(f"  {client.name} -> {target}: {after.reason}")
+    return reached.allowed and reached.answer == pod.key and not after.allowed
+
+
+def _connect(netns: str, target: str) -> lab_probe.Outcome:
+    ip, _, port = target.rpartition(":")
+    return lab_probe.attempt(netns, ip, int(port), Protocol.TCP, timeout=2.0)
 
 
 def show_capture(lab: Lab, say: Callable[[str], None]) -> bool:

@@ -30,7 +30,13 @@ from tartan.debug.lab_sys import (
 )
 from tartan.kernel.files import write_atomic
 
-CNI_CONFIG = {"cniVersion": "1.0.0", "name": plan.CNI_NETWORK, "type": "tartan"}
+# As packaging/10-tartan.conflist (kube-flannel's cni-conf.json) makes pods: hairpin on, and a
+# default route through the bridge, so a pod answers clients outside the cluster network (a
+# hostPort's) and reaches past it.
+DELEGATE = {"hairpinMode": True, "isDefaultGateway": True}
+CNI_CONFIG = {"cniVersion": "1.0.0", "name": plan.CNI_NETWORK, "type": "tartan",
+              "delegate": DELEGATE}
+PORTMAP = {"type": "tartan-portmap", "capabilities": {"portMappings": True}}
 CONFLIST = "10-tartan.conflist"
 
 
@@ -40,7 +46,7 @@ def write_network_config(node_dir: Path) -> Path:
     folder = node_dir / "etc-cni" / "net.d"
     folder.mkdir(parents=True, exist_ok=True)
     doc = {"cniVersion": CNI_CONFIG["cniVersion"], "name": CNI_CONFIG["name"],
-           "plugins": [{"type": CNI_CONFIG["type"]}]}
+           "plugins": [{"type": CNI_CONFIG["type"], "delegate": DELEGATE}, PORTMAP]}
     path = folder / CONFLIST
     write_atomic(path, json.dumps(doc, indent=2) + "\n")
     return path
@@ -62,13 +68,16 @@ def cni_env(command: str, pod: Pod, plugin_dir: Path = VENV_BIN) -> dict[str, st
 
 
 def cni(sys: Sys, node: Node, pod: Pod, command: str,
-        plugin_dir: Path = VENV_BIN) -> subprocess.CompletedProcess:
-    """Run the `tartan` plugin for the pod inside the node; LabError with the CNI error."""
-    proc = sys.run(in_node(node.holder_pid, [str(plugin_dir / CNI_CONFIG["type"])]),
-                   input=json.dumps(CNI_CONFIG), env=cni_env(command, pod, plugin_dir),
-                   check=False, what=f"CNI {command} {pod.name}")
+        plugin_dir: Path = VENV_BIN, config: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a plugin (the `tartan` plugin unless `config` names another) for the pod inside the
+    node, as the runtime would; LabError with the CNI error."""
+    config = config or CNI_CONFIG
+    proc = sys.run(in_node(node.holder_pid, [str(plugin_dir / str(config["type"]))]),
+                   input=json.dumps(config), env=cni_env(command, pod, plugin_dir),
+                   check=False, what=f"CNI {command} {config['type']} {pod.name}")
     if proc.returncode != 0:
-        raise LabError(f"CNI {command} {pod.name} on {node.name}: {_cni_error(proc)}")
+        raise LabError(f"CNI {command} {config['type']} {pod.name} on {node.name}: "
+                       f"{_cni_error(proc)}")
     return proc
 
 

@@ -85,6 +85,7 @@ def test_demo_runs_up_status_ping_matrix_and_always_down():
         Lab(name, say=lambda line: None).down()
     assert demo.returncode == 0, demo.stdout + demo.stderr
     for expected in ("---- tartanctl lab status", "leases in the store (2)", "all 2 pairs ok",
+                     "---- tartan-portmap ADD: hostPort 30080", "(answered by office/laptop)",
                      f"lab {name} removed", "lab demo: done"):
         assert expected in demo.stdout
     assert not before.differences(HostSnapshot.take())
