@@ -6,9 +6,9 @@ One node, made as the CRI tests make it (tests/cri/cri_node.py): a network names
 own holding containerd 1.6 with its CRI plugin, the bundle installed in its CNI bin dir as
 `make install` lays it out, the bundle's real tartand up (the plugins hand every request to
 its socket), and a pause image built from busybox. Two CRI runtime handlers, both runc,
-differ only in their CNI conflist: Tartan's (the `tartan` meta plugin, then `portmap`: the
-shape of kube-flannel's) and the reference's (`bridge` + `host-local` + `portmap` from
-/usr/lib/cni; no ipMasq on the bridge, as flannel's has none while flanneld masquerades for
+differ only in their CNI conflist: Tartan's (packaging/10-tartan.conflist: the `tartan` meta
+plugin, then `tartan-portmap`, in kube-flannel's shape) and the reference's (`bridge` +
+`host-local` + `portmap` from /usr/lib/cni; no ipMasq on the bridge, as flannel's has none while flanneld masquerades for
 the node, as tartand does here). Timed through the CRI's gRPC as kubelet calls it, one pod
 at a time:
 - start: RunPodSandbox until it returns (containerd makes the netns, runs CNI ADD of

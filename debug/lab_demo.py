@@ -17,7 +17,7 @@ from tartan.debug import lab_agents, lab_objects, lab_pods, lab_policy_cli, lab_
 from tartan.debug import lab_plan as plan
 from tartan.debug.lab import Lab
 from tartan.debug.lab_state import Node, Pod
-from tartan.debug.lab_sys import in_node, netns_path
+from tartan.debug.lab_sys import LabError, in_node, netns_path
 from tartan.netpol.model import Protocol
 
 WORKLOADS = """\
@@ -97,21 +97,24 @@ def show_hostport(lab: Lab, say: Callable[[str], None]) -> bool:
     pod = lab_probe.find(state, "office/laptop")
     node = state.node(pod.node)
     client = next((n for n in state.nodes if n.name != pod.node), None)
-    assert node is not None and client is not None
+    if node is None or client is None:
+        raise LabError("the hostPort demo needs two nodes: give --nodes 2 or more")
     target = f"{node.ip.split('/')[0]}:{HOST_PORT}"
     config = portmap_config(pod, HOST_PORT, 80)
     say(f"---- tartan-portmap ADD: hostPort {HOST_PORT} of {node.name} -> {pod.key}:80")
-    lab_pods.cni(lab.sys, node, pod, "ADD", config=config)
-    saved = lab.sys.run(in_node(node.holder_pid, ["iptables-save", "-t", "nat"]),
-                        what="iptables-save").stdout
-    for line in saved.splitlines():
-        if line.startswith("-A CNI-") and "DNAT" in line:
-            say(f"  {line}")
-    reached = _connect(client.netns, target)
-    say(f"  {client.name} -> {target}: {reached.reason}"
-        + (f" (answered by {reached.answer})" if reached.answer else ""))
-    say(f"---- tartan-portmap DEL: hostPort {HOST_PORT} of {node.name}")
-    lab_pods.cni(lab.sys, node, pod, "DEL", config=config)
+    try:
+        lab_pods.cni(lab.sys, node, pod, "ADD", config=config)
+        saved = lab.sys.run(in_node(node.holder_pid, ["iptables-save", "-t", "nat"]),
+                            what="iptables-save").stdout
+        for line in saved.splitlines():
+            if line.startswith("-A CNI-") and "DNAT" in line:
+                say(f"  {line}")
+        reached = _connect(client.netns, target)
+        say(f"  {client.name} -> {target}: {reached.reason}"
+            + (f" (answered by {reached.answer})" if reached.answer else ""))
+    finally:
+        say(f"---- tartan-portmap DEL: hostPort {HOST_PORT} of {node.name}")
+        lab_pods.cni(lab.sys, node, pod, "DEL", config=config)
     after = _connect(client.netns, target)
     say(f"  {client.name} -> {target}: {after.reason}")
     return reached.allowed and reached.answer == pod.key and not after.allowed

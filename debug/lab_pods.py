@@ -45,11 +45,16 @@ def write_network_config(node_dir: Path) -> Path:
     node: what its pods are made with, and where doctor and reset find the network."""
     folder = node_dir / "etc-cni" / "net.d"
     folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFLIST
+    write_atomic(path, network_config_text())
+    return path
+
+
+def network_config_text() -> str:
+    """The conflist's text: the installed one's plugins under the lab's network name."""
     doc = {"cniVersion": CNI_CONFIG["cniVersion"], "name": CNI_CONFIG["name"],
            "plugins": [{"type": CNI_CONFIG["type"], "delegate": DELEGATE}, PORTMAP]}
-    path = folder / CONFLIST
-    write_atomic(path, json.dumps(doc, indent=2) + "\n")
-    return path
+    return json.dumps(doc, indent=2) + "\n"
 PING_WORKERS = 16
 
 

@@ -56,16 +56,16 @@ def node_lines(node: dict, now: float) -> list[str]:
         f"backend:  {node.get('backend', '-')}",
         *([f"BIG TCP:  {node['bigTCP']}"] if node.get("bigTCP") else []),
         f"ready:    {'yes' if node.get('ready') else 'NO'}",
-        *waiting_lines(node.get("waitingFor")),
+        *waiting_lines(node.get("waitingFor"), now),
     ]
 
 
-def waiting_lines(waiting: object) -> list[str]:
+def waiting_lines(waiting: object, now: float) -> list[str]:
     """What a tartand that is not running yet waits for: one line, and since when."""
     if not isinstance(waiting, dict):
         return []
     since = waiting.get("since")
-    when = f" (for {relative(max(0.0, time.time() - float(since))).removeprefix('in ')})" \
+    when = f" (for {relative(max(0.0, now - float(since))).removeprefix('in ')})" \
         if isinstance(since, int | float) else ""
     return [f"waiting:  {waiting.get('message') or waiting.get('what')}{when}"]
 

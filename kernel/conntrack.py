@@ -35,7 +35,7 @@ def delete_to_port(version: int, protocol: str, port: int) -> int:
                        if e.tuple_orig.dport == port and e.tuple_orig.family == family]
             for entry in entries:
                 deleted += _delete(ct, entry)
-    except NetlinkError as exc:
+    except (NetlinkError, OSError) as exc:  # OSError: no nf_conntrack_netlink, a closed socket
         raise KernelFailure(f"cannot delete IPv{version} {protocol} conntrack entries to "
                             f"port {port}: {exc}") from None
     return deleted

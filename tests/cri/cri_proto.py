@@ -9,11 +9,17 @@ builds the classes from that. The client speaks dicts (json_format, field names 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# The pure-Python protobuf runtime, as tartan.ipam.lease_etcd selects it: whichever module of
+# a process imports google.protobuf first fixes the runtime for all, and etcd3's generated
+# modules (the etcd tests run in the same pytest process) load only on this one.
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory

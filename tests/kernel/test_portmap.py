@@ -292,7 +292,7 @@ def test_check_and_add_need_the_prev_result(node):
     pod = node.add_pod()
     for command in ("ADD", "CHECK"):
         reply = node.cni(command, pod, node.config(TCP), prev=False)
-        assert reply.code != 0 and "prevResult" in reply.stdout or "chained" in reply.stdout
+        assert reply.code != 0 and ("prevResult" in reply.stdout or "chained" in reply.stdout)
         if node.plugin == "tartan":
             assert reply.error_code == 7 and "chained plugin" in reply.stdout, reply
     assert not [line for line in node.nat() if "CNI-" in line]

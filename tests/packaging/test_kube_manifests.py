@@ -299,6 +299,16 @@ def test_install_cni_is_told_what_the_daemonset_promises():
     assert host_path(container("kube-tartan"), install.CNI_BIN) == install.CNI_BIN
 
 
+def test_the_configmaps_conflist_is_the_one_make_install_writes():
+    from tartan.debug import lab_pods
+
+    installed = json.loads((PACKAGING / "10-tartan.conflist").read_text())
+    assert json.loads(one("ConfigMap")["data"]["cni-conf.json"]) == installed
+    # and the lab's nodes make their pods with it too
+    lab = json.loads(lab_pods.network_config_text())
+    assert lab["plugins"] == installed["plugins"]
+
+
 def test_the_conflist_is_valid_and_names_known_plugins(tmp_path):
     conf = json.loads(one("ConfigMap")["data"]["cni-conf.json"])
     assert conf["cniVersion"] in versions.SUPPORTED_VERSIONS

@@ -216,3 +216,15 @@ def test_the_dispatcher_answers_bad_config_with_error_json():
     assert json.loads(reply.stdout) == {"cniVersion": "1.0.0", "code": 7,
                                         "msg": "markMasqBit must be an integer 0..31 (a bit "
                                                "of the packet mark), got 40"}
+
+
+def test_conntrack_unreachable_is_a_kernel_failure_not_a_traceback(monkeypatch):
+    from tartan.kernel import conntrack
+    from tartan.kernel.errors import KernelFailure
+
+    def no_netlink():
+        raise OSError(93, "Protocol not supported")  # no nf_conntrack_netlink
+
+    monkeypatch.setattr(conntrack, "Conntrack", no_netlink)
+    with pytest.raises(KernelFailure, match="conntrack entries to port 53"):
+        conntrack.delete_to_port(4, "udp", 53)
