@@ -8,9 +8,9 @@ own holding containerd 1.6 with its CRI plugin, the bundle installed in its CNI 
 its socket), and a pause image built from busybox. Two CRI runtime handlers, both runc,
 differ only in their CNI conflist: Tartan's (packaging/10-tartan.conflist: the `tartan` meta
 plugin, then `tartan-portmap`, in kube-flannel's shape) and the reference's (`bridge` +
-`host-local` + `portmap` from /usr/lib/cni; no ipMasq on the bridge, as flannel's has none while flanneld masquerades for
-the node, as tartand does here). Timed through the CRI's gRPC as kubelet calls it, one pod
-at a time:
+`host-local` + `portmap` from /usr/lib/cni; no ipMasq on the bridge, as flannel's has none
+while flanneld masquerades for the node, as tartand does here). Timed through the CRI's gRPC
+as kubelet calls it, one pod at a time:
 - start: RunPodSandbox until it returns (containerd makes the netns, runs CNI ADD of
   `loopback` and then of the network's plugins, starts the pause container);
 - stop: StopPodSandbox + RemovePodSandbox until both returned (CNI DEL at Stop, and again at
