@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the modules behind these load only once the flags are read
     from tartan.ipam.lease import ClusterStore, LeaseStore
     from tartan.ipam.netconf import NetworkConfig
     from tartan.ipam.objects import ObjectStore
+    from tartan.netpol.source import PolicySource
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:9808"  # also where tartanctl and the lab ask
 KUBE_NET_CONFIG = "/etc/kube-flannel/net-conf.json"  # flannel's --net-config-path default
@@ -243,11 +244,10 @@ def open_leases(args: argparse.Namespace, log: Log, startup: Startup, stop: thre
     if args.kube_subnet_mgr:
         from tartan.backends.kube import KubeMode
 
-        raw = read_net_conf(args.net_config)
-        kube_net = parse_net_conf(raw)
+        kube_net = parse_net_conf(read_net_conf(args.net_config))
         kube = KubeMode.connect(args, log)
         startup.parts["kube"] = kube.status
-        nodes, holder = kube.node_leases(raw, kube_net)
+        nodes, holder = kube.node_leases(kube_net)
         return nodes, holder, kube_net, kube
     store = open_store(args)
     net = retrying(lambda: load_network_config(store, args.net_config, config_location(args)),
@@ -294,19 +294,34 @@ def start_monitor(agent: Agent, log: Log) -> KernelMonitor | None:
         return None
 
 
-def start_policy(agent: Agent, args: argparse.Namespace, log: Log,
-                 stop: threading.Event) -> PolicyHost | None:
+def kube_client(agent: Agent, args: argparse.Namespace, log: Log) -> KubeMode | None:
+    """tartand's one Kubernetes client (main closes it at exit): the leases'
+    (--kube-subnet-mgr), else, for NetworkPolicy from the API alone, one made here and shown
+    in /status as "kube" just the same; None when nothing reads the API."""
+    if agent.kube is not None:
+        return cast("KubeMode", agent.kube)
+    if not (args.network_policy and args.policy_source == "kube"):
+        return None
+    from tartan.backends.kube import KubeMode
+
+    kube = KubeMode.connect(args, log)
+    agent.status_parts["kube"] = kube.status
+    return kube
+
+
+def start_policy(agent: Agent, args: argparse.Namespace, log: Log, stop: threading.Event,
+                 kube: KubeMode | None = None) -> PolicyHost | None:
     """The NetworkPolicy enforcer beside the routing loop: on the Kubernetes API's objects
-    (--policy-source kube), or on the lease store's, whose pods this node's CNI ADDs record."""
+    (--policy-source kube, through `kube`: kube_client's), or on the lease store's, whose
+    pods this node's CNI ADDs record."""
     if not args.network_policy:
         return None
     from tartan.backends.policy import PolicyHost
 
     objects: ObjectStore | None = None
+    source: PolicySource
     if args.policy_source == "kube":
-        from tartan.backends.kube import KubeMode
-
-        kube = agent.kube or KubeMode.connect(args, log)
+        assert kube is not None, "kube_client's client, for --policy-source kube"
         source = kube.policy_source()
     else:
         from tartan.netpol.source import StoreSource
@@ -352,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         if stop.is_set():
             return 0
         monitor = start_monitor(agent, log)
-        policy = start_policy(agent, args, log, stop)
+        kube = kube_client(agent, args, log)
+        policy = start_policy(agent, args, log, stop, kube)
         cni = serve_cni(agent, args.cni_socket, log, policy) if args.cni_socket else None
     except (StartupError, StoreUnusable, PodCidrOutsideNetwork) as exc:
         print(f"tartand: {exc}", file=sys.stderr)
@@ -370,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         monitor.stop()
     if cni:
         cni.stop()
-    if agent.kube is not None:
-        agent.kube.close()
+    if kube is not None:
+        kube.close()
     server.shutdown()
     log.info("agent.stopped", note="datapath left in place")
     return 0

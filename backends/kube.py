@@ -8,7 +8,6 @@ these modes.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from tartan.backends.log import Log
 from tartan.ipam.kube_client import KubeApi, KubeConfigError, connect
@@ -17,19 +16,19 @@ from tartan.ipam.lease_kube import Annotations, KubeLeaseManager, KubeLeaseStore
 from tartan.ipam.netconf import NetworkConfig
 from tartan.netpol.source_kube import KubeSource
 
-WARNINGS = frozenset({"kube.unavailable", "kube.watch_stalled", "kube.relist"})
+WARNINGS = frozenset({"kube.unavailable", "kube.watch_stalled", "kube.relist",
+                      "kube.publish_unseen"})
 
 
 class KubeMode:
-    """One client for every watch tartand keeps, and their state for /status."""
+    """One client for every watch tartand keeps (the Node reflector of --kube-subnet-mgr, the
+    policy source's), and their state for /status; `close` stops them and the client."""
 
     def __init__(self, api: KubeApi, node: str, keys: Annotations, log: Log,
                  settings: WatchSettings | None = None) -> None:
         self.api, self.node, self.keys, self.log = api, node, keys, log
         self.settings = settings or WatchSettings()
         self.reflectors: list[Reflector] = []
-        self.leases: KubeLeaseStore | None = None
-        self.source: KubeSource | None = None
 
     @classmethod
     def connect(cls, args: argparse.Namespace, log: Log) -> KubeMode:
@@ -47,24 +46,23 @@ class KubeMode:
         level = self.log.warn if event in WARNINGS else self.log.info
         level(event, api=self.api.url, **fields)
 
-    def node_leases(self, config: dict[str, Any], net: NetworkConfig
-                    ) -> tuple[KubeLeaseStore, KubeLeaseManager]:
+    def node_leases(self, net: NetworkConfig) -> tuple[KubeLeaseStore, KubeLeaseManager]:
         """The Node reflector, started, and the leases over it."""
         cache = Cache()
         reflector = Reflector("nodes", self.api.core().list_node, cache,
                               settings=self.settings, report=self.report).start()
         self.reflectors.append(reflector)
-        self.leases = KubeLeaseStore(self.api.core(), self.node, config, self.keys, cache,
-                                     reflector, self.api.url)
-        return self.leases, KubeLeaseManager(self.leases, net)
+        leases = KubeLeaseStore(self.api.core(), self.node, self.keys, cache, reflector,
+                                self.api.url, report=self.report)
+        return leases, KubeLeaseManager(leases, net)
 
     def policy_source(self) -> KubeSource:
         """Pods, Namespaces and NetworkPolicies, each listed and watched (started by the
         policy host)."""
-        self.source = KubeSource(self.api.core(), self.api.networking(), self.api.url,
-                                 settings=self.settings, report=self.report)
-        self.reflectors.extend(self.source.reflectors)
-        return self.source
+        source = KubeSource(self.api.core(), self.api.networking(), self.api.url,
+                            settings=self.settings, report=self.report)
+        self.reflectors.extend(source.reflectors)
+        return source
 
     def status(self) -> dict[str, object]:
         watches = [r.state() for r in self.reflectors]

@@ -1,7 +1,9 @@
 """NetworkPolicy in tartand: the pod recorder on the CNI socket, and the enforcer's thread.
 
 Both use the agent's store (the lease store holds the objects too). The enforcer runs beside
-the routing loop and never stops it; on a plain stop its rules stay, like the routes.
+the routing loop and never stops it; on a plain stop its rules stay, like the routes. With the
+Kubernetes API as the source there is no recorder (the API has the pods' addresses): what the
+plugins leave in the CNI journal is still taken out, and discarded, as often.
 
 Its metrics (`tartan_netpol_*`) are taken from it when /metrics is scraped. The denied-packet
 counters are read from the kernel by every sync, and again by a scrape when the last reading
@@ -44,8 +46,9 @@ class PolicyHost:
                  journal_dir: str = journal.DEFAULT_DIR,
                  source: PolicySource | None = None) -> None:
         """`source` None: the store's objects (StoreSource); the pods this node serves are
-        recorded in `store` (none recorded without one: the Kubernetes API has them)."""
-        self.log = log
+        recorded in `store` (none recorded without one: the Kubernetes API has them, and
+        the journal in `journal_dir` is emptied)."""
+        self.log, self.journal_dir = log, journal_dir
         self.recorder = PodRecorder(store, node, log, journal_dir) if store is not None \
             else None
         if source is None:
@@ -71,32 +74,40 @@ class PolicyHost:
     def start(self, stop: threading.Event) -> None:
         """Load this node's records and record what the journal holds (before the CNI
         socket serves: so the journal's requests come first), then run the enforcer and a
-        drain of the journal every `DRAIN_INTERVAL` seconds."""
+        drain of the journal every `DRAIN_INTERVAL` seconds (without a recorder, the drain
+        discards)."""
         start = getattr(self.source, "start", None)
         if start is not None:  # a source that follows the Kubernetes API
             start()
         self.thread = threading.Thread(target=self.enforcer.run, args=(stop,),
                                        name="netpol", daemon=True)
-        if self.recorder is None:
-            self.thread.start()
-            return
-        try:
-            self.recorder.load()
-        except Exception as exc:  # the store will be read again by every sync
-            self.log.warn("pod.records_unread", error=f"{type(exc).__name__}: {exc}")
+        if self.recorder is not None:
+            try:
+                self.recorder.load()
+            except Exception as exc:  # the store will be read again by every sync
+                self.log.warn("pod.records_unread", error=f"{type(exc).__name__}: {exc}")
         self._drain()
         self.thread.start()
         threading.Thread(target=self._drain_every, args=(stop,), name="pod-journal",
                          daemon=True).start()
 
     def _drain(self) -> None:
-        if self.recorder is None:
-            return
         try:
-            if recorded := self.recorder.drain():
+            if self.recorder is None:
+                if discarded := self._discard():
+                    self.log.info("pod.journal_discarded", requests=discarded,
+                                  note="NetworkPolicy reads the pods from the Kubernetes API")
+            elif recorded := self.recorder.drain():
                 self.log.info("pod.journal_recorded", requests=recorded)
         except Exception as exc:  # never the agent's end
             self.log.warn("pod.journal_unread", error=f"{type(exc).__name__}: {exc}")
+
+    def _discard(self) -> int:
+        """Empty the journal (nothing records it: the API has the pods); how many went."""
+        found = journal.entries(self.journal_dir)
+        for entry in found:
+            journal.remove(entry.path)
+        return len(found)
 
     def _drain_every(self, stop: threading.Event) -> None:
         while not stop.wait(DRAIN_INTERVAL):

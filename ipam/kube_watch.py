@@ -8,12 +8,19 @@ The loop, per resource:
   MODIFIED and DELETED are applied in order, a BOOKMARK only moves the resourceVersion on;
 - a watch the server ends (its timeout) is opened again from the last resourceVersion;
 - `410 Gone` (an ERROR event with code 410, or the HTTP status) means the server no longer
-  keeps that resourceVersion: list again at once;
+  keeps that resourceVersion: list again at once; but a 410 again before the watch after
+  that list delivered anything is a server that cannot be followed now, and waits the
+  backoff first;
 - a watch that sends nothing, not even a bookmark, for `stall_timeout` seconds is dead (the
   client's read timeout notices it): it is opened again at once;
-- any other failure (an HTTP error, a refused connection) is retried after a backoff that
-  doubles up to `backoff_max` and starts over once the server answers again.
-The cache keeps what it last had while the API is away.
+- a watch that ends within `short_watch` seconds of opening, having sent nothing (a proxy,
+  or a server, that closes it at once), failed;
+- a failure (that one, an HTTP error, an ERROR event, a refused connection) is retried after
+  a backoff that starts at `backoff_initial`, doubles up to `backoff_max`, and starts over
+  only once a watch delivers again (an event or a bookmark): a server that accepts a request
+  and then fails it has not answered.
+The cache keeps what it last had while the API is away. A watch left before its end (410,
+an ERROR, a stall, a stop) has its connection closed, never handed back half read.
 
 Objects are kept as the API's JSON (dicts), never as the client's models: nothing is lost
 and nothing is converted twice. The caches of one consumer may share one `Notifier`, so that
@@ -22,6 +29,7 @@ one wait covers every resource it follows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -168,6 +176,8 @@ class WatchSettings:
     page_size: int = 500  # objects per list request (`limit`; the rest by `continue`)
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # a watch that ends sooner than this after it opened, having sent nothing, failed
+    short_watch: float = 1.0
 
 
 class Gone(Exception):
@@ -193,6 +203,7 @@ class Reflector:
                        "stalls": 0, "errors": 0}
         self.error = ""  # the failure being retried, "" while the API answers
         self.retry_at = 0.0
+        self._gone_again = False  # a 410 came, and no watch delivered anything since
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
         self._response: Any = None
@@ -222,6 +233,9 @@ class Reflector:
                 if self._stop.is_set():
                     return
                 if isinstance(exc, Gone) or is_gone(exc):
+                    if self._gone_again:  # the relist's own watch (or list) got 410 too
+                        self._pause()
+                    self._gone_again = True
                     self._relist()
                 elif isinstance(exc, _Stalled):
                     self.counts["stalls"] += 1
@@ -244,14 +258,24 @@ class Reflector:
             self.report("kube.unavailable", {"resource": self.resource, "error": text,
                                              "retry_in": self.backoff})
         self.error = text
+        self._pause()
+
+    def _pause(self) -> None:
+        """Wait the backoff (until `stop`), and double it for the next time."""
         self.retry_at = time.monotonic() + self.backoff
         self._sleep(self.backoff)
         self.backoff = min(self.backoff * 2, self.settings.backoff_max)
 
     def _answered(self) -> None:
+        """A list came back: the API answers (the backoff stays until a watch delivers)."""
         if self.error:
             self.report("kube.recovered", {"resource": self.resource})
-        self.error, self.backoff = "", self.settings.backoff_initial
+        self.error = ""
+
+    def _delivered(self) -> None:
+        """A watch's first event or bookmark: the server can be followed again."""
+        self._answered()
+        self.backoff, self._gone_again = self.settings.backoff_initial, False
 
     def _list(self) -> None:
         """Every object, a page at a time (one consistent snapshot: the server answers the
@@ -287,19 +311,29 @@ class Reflector:
             _request_timeout=timeout)
         self._response = response
         self.counts["watches"] += 1
-        self._answered()
+        opened, delivered, ended = time.monotonic(), False, False
         try:
             for line in _lines(response):
                 if self._stop.is_set():
                     return
                 self._event(json.loads(line))
+                if not delivered:
+                    delivered = True
+                    self._delivered()
+            ended = True
         except Exception as exc:
             if _is_timeout(exc):
                 raise _Stalled() from None
             raise
         finally:
             self._response = None
-            response.release_conn()
+            if not ended:  # left mid-stream: the rest of it must never reach another request
+                with contextlib.suppress(OSError):
+                    response.close()
+            response.release_conn()  # (a closed connection is opened again when reused)
+        lasted = time.monotonic() - opened
+        if not delivered and lasted < self.settings.short_watch:
+            raise WatchFailed(f"the watch ended after {lasted:.1f} s without an event")
 
     def _event(self, event: Mapping[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}

@@ -18,9 +18,15 @@ flannel to Tartan node by node. Peers come from a list + watch of Nodes (ipam/ku
 Why not the `LeaseStore` protocol of lease.py: its writes are a compare-and-set allocation of
 a free subnet with a TTL, renewed by the holder. Here nothing is allocated, nothing expires
 and the only write is the own node's annotations. So `KubeLeaseStore` gives the read half of
-it (`list_leases`, `lease_changes`, `wait`, `get_config`, `close`), which is all the agent's
-loop reads, and `KubeLeaseManager` stands where `LeaseManager` stands: `acquire` waits for
-the podCIDR and publishes the annotations, `renew` has nothing to do.
+it (`list_leases`, `lease_changes`, `wait`, `close`: daemon.LeaseReader, all the agent's loop
+reads; net-conf.json comes from --net-config, flannel keeps none in the API), and
+`KubeLeaseManager` stands where `LeaseManager` stands: `acquire` waits for the podCIDR and
+publishes the annotations, `renew` has nothing to do.
+
+The PATCH comes back through the Node watch, usually within milliseconds, but a lagging
+watch must not make the agent think its lease lost (and PATCH again on every pass): from a
+PATCH the API accepted until the watch shows it (or `PUBLISHED_TRUST` seconds, after which
+the cache is believed again), the own lease is the node's podCIDR with what was published.
 """
 
 from __future__ import annotations
@@ -35,12 +41,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
 
-from tartan.ipam.kube_watch import Cache, CacheChanges, Reflector, describe_error
+from tartan.ipam.kube_watch import Cache, CacheChanges, Reflector, Report, describe_error
 from tartan.ipam.lease import Lease, LeaseAttrs, LeaseChanges, LeaseError, StoreUnavailable
 from tartan.ipam.netconf import NetworkConfig
 
 DEFAULT_ANNOTATION_PREFIX = "flannel.alpha.coreos.com"  # flannel's --kube-annotation-prefix
 PUBLISHED_WAIT = 5.0  # seconds acquire waits to see its PATCH come back through the watch
+PUBLISHED_TRUST = 60.0  # seconds an accepted PATCH stands for the annotations not yet seen
 FIRST_LIST_WAIT = 2.0  # seconds acquire gives the first list before it says it waits
 _PREFIX = re.compile(r"(?:[a-z0-9_-]+\.)+[a-z0-9_-]+/(?:[a-z0-9_-]+-)?")
 
@@ -153,19 +160,21 @@ def node_lease(node: Mapping[str, Any], keys: Annotations, version: int) -> Leas
 class KubeLeaseStore:
     """The leases of a Node reflector's cache (see the module's docstring)."""
 
-    def __init__(self, core: Any, node: str, config: dict, keys: Annotations,
-                 cache: Cache, reflector: Reflector, url: str) -> None:
-        self.core, self.node, self.config, self.keys = core, node, config, keys
+    def __init__(self, core: Any, node: str, keys: Annotations, cache: Cache,
+                 reflector: Reflector, url: str, report: Report | None = None) -> None:
+        self.core, self.node, self.keys = core, node, keys
         self.cache, self.reflector, self.url = cache, reflector, url
-
-    def get_config(self) -> dict | None:
-        return self.config  # net-conf.json from --net-config: flannel keeps none in the API
+        self.report = report or (lambda event, fields: None)
+        # what the last accepted PATCH wrote, until the watch shows it (or this monotonic
+        # time passes): the own lease meanwhile (see the module's docstring)
+        self.published: LeaseAttrs | None = None
+        self.published_until = 0.0
 
     def list_leases(self) -> tuple[list[Lease], int]:
         self._synced()
         revision = self.cache.revision
         leases = [lease for node in self.cache.items().values()
-                  if (lease := node_lease(node, self.keys, revision)) is not None]
+                  if (lease := self._lease_of(node, revision)) is not None]
         return sorted(leases, key=lambda lease: lease.subnet), revision
 
     def lease_changes(self, since: int) -> LeaseChanges | None:
@@ -177,7 +186,7 @@ class KubeLeaseStore:
         changed: list[Lease] = []
         deleted: list[IPv4Network] = []
         for node in changes.changed.values():
-            lease = node_lease(node, self.keys, changes.revision)
+            lease = self._lease_of(node, changes.revision)
             if lease is not None:
                 changed.append(lease)
             elif (subnet := pod_cidr(node)) is not None:  # its annotations are gone
@@ -188,6 +197,18 @@ class KubeLeaseStore:
         leased = {lease.subnet for lease in changed}
         return LeaseChanges(changes.revision, changed,
                             [subnet for subnet in deleted if subnet not in leased])
+
+    def _lease_of(self, node: Mapping[str, Any], revision: int) -> Lease | None:
+        """The node's lease; for this node, while its PATCH is not seen yet, the podCIDR
+        with the annotations that PATCH wrote."""
+        published = self.published
+        if published is not None and node_name(node) == self.node:
+            if self._shows(self.keys.of(published), node):
+                self.published = None  # seen: the Node speaks for itself from now on
+            elif time.monotonic() < self.published_until and (
+                    subnet := pod_cidr(node)) is not None:
+                return Lease(subnet, published, math.inf, revision)
+        return node_lease(node, self.keys, revision)
 
     def wait(self, revision: int, timeout: float) -> int:
         return self.cache.notifier.wait(revision, timeout)
@@ -212,6 +233,11 @@ class KubeLeaseStore:
         except Exception as exc:
             raise KubeUnavailable(f"PATCH of node {self.node}'s annotations at {self.url}: "
                                   f"{describe_error(exc)}") from None
+        self.published, self.published_until = attrs, time.monotonic() + PUBLISHED_TRUST
+
+    def pending(self, attrs: LeaseAttrs) -> bool:
+        """`attrs` were PATCHed and the watch has not shown them yet (within the trust)."""
+        return self.published == attrs and time.monotonic() < self.published_until
 
     def wait_published(self, attrs: LeaseAttrs, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -224,8 +250,11 @@ class KubeLeaseStore:
             revision = self.cache.notifier.wait(revision, left)
         return True
 
-    def _shows(self, wanted: Mapping[str, str]) -> bool:
-        node = self.cache.get(self.node) or {}
+    def _shows(self, wanted: Mapping[str, str], node: Mapping[str, Any] | None = None
+               ) -> bool:
+        """This node (as cached, or `node`) carries the annotations `wanted`."""
+        if node is None:
+            node = self.cache.get(self.node) or {}
         notes = (node.get("metadata") or {}).get("annotations") or {}
         return all(notes.get(key) == value for key, value in wanted.items())
 
@@ -244,6 +273,8 @@ class KubeLeaseManager:
         self.store, self.net, self.published_wait = store, net, published_wait
 
     def acquire(self, attrs: LeaseAttrs, previous: IPv4Network | None = None) -> Lease:
+        """The podCIDR, once there, with `attrs` published. `previous` (the subnet held
+        before, as daemon.LeaseHolder passes it) is not asked for: a Node has one podCIDR."""
         node = self.store.own_node()
         name = self.store.node
         if node is None:
@@ -257,9 +288,19 @@ class KubeLeaseManager:
             raise PodCidrOutsideNetwork(
                 f"Node {name}'s podCIDR {subnet} is outside Network {self.net.network} of "
                 "net-conf.json: make it the cluster CIDR of kube-controller-manager")
-        if not self.store._shows(self.store.keys.of(attrs)):
+        if self.store._shows(self.store.keys.of(attrs)):
+            self.store.published = None  # the Node speaks for itself
+        elif not self.store.pending(attrs):  # (a PATCH of them accepted, not yet seen: no)
             self.store.publish(attrs)
-            self.store.wait_published(attrs, self.published_wait)
+            if self.store.wait_published(attrs, self.published_wait):
+                self.store.published = None
+            else:
+                # accepted, not seen yet: the lease stands on the PATCH (`_lease_of`), and
+                # the watch is reported lagging; nothing is PATCHed again for it
+                self.store.report("kube.publish_unseen", {
+                    "node": name, "seconds": self.published_wait,
+                    "note": f"the Node watch has not shown the annotations yet; trusted for "
+                            f"{PUBLISHED_TRUST:g} s"})
         return Lease(subnet, attrs, math.inf, self.store.cache.revision)
 
     def renew(self, lease: Lease, attrs: LeaseAttrs | None = None) -> Lease:

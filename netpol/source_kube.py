@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tartan.ipam.kube_watch import Cache, Notifier, Reflector, Report, WatchSettings
+from tartan.ipam.kube_watch import (
+    Cache,
+    Notifier,
+    Reflector,
+    Report,
+    WatchSettings,
+    resource_version,
+)
 from tartan.ipam.lease_kube import KubeUnavailable
 from tartan.netpol.manifest import Loaded, load_objects
 from tartan.netpol.model import Cluster
@@ -25,6 +32,8 @@ from tartan.netpol.source import Snapshot
 # resource -> (kind, apiVersion) the list's items are given (they come without)
 KINDS = {"namespaces": ("Namespace", "v1"), "pods": ("Pod", "v1"),
          "networkpolicies": ("NetworkPolicy", "networking.k8s.io/v1")}
+# resource -> the field of Cluster (and of manifest.Loaded) its models are in
+FIELDS = {"namespaces": "namespaces", "pods": "pods", "networkpolicies": "policies"}
 FINISHED = ("Succeeded", "Failed")
 
 
@@ -76,10 +85,9 @@ class KubeSource:
             touched = {name: self._touched(name, cache) for name, cache in self.caches.items()}
         last = self._last.cluster if self._last is not None else None
         parts: dict[str, tuple] = {}
-        fields = {"namespaces": "namespaces", "pods": "pods", "networkpolicies": "policies"}
         for name, keys in touched.items():
             if keys == set() and last is not None:  # unchanged: the very tuple (reused)
-                parts[name] = getattr(last, fields[name])
+                parts[name] = getattr(last, FIELDS[name])
                 continue
             parts[name] = self._load(name, keys)
         self._revision = revision
@@ -100,9 +108,6 @@ class KubeSource:
 
     def _all_synced(self) -> bool:
         return all(r.cache.synced for r in self.reflectors)
-
-    def status(self) -> dict[str, object]:
-        return {"watches": [reflector.state() for reflector in self.reflectors]}
 
     def _check_synced(self) -> None:
         pending = [r for r in self.reflectors if not r.cache.synced]
@@ -135,11 +140,10 @@ class KubeSource:
             if obj is None:
                 self._loaded.pop((name, key), None)
                 continue
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            version = resource_version(obj)
             known = self._loaded.get((name, key))
             if known is None or not version or known[0] != version:
                 self._loaded[name, key] = (version, load_objects([document(name, obj)],
                                                                  self.source))
-        field = {"namespaces": "namespaces", "pods": "pods", "networkpolicies": "policies"}[name]
         return tuple(item for (kind, _), (_, loaded) in sorted(self._loaded.items())
-                     if kind == name for item in getattr(loaded, field))
+                     if kind == name for item in getattr(loaded, FIELDS[name]))

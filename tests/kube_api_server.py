@@ -10,8 +10,10 @@ HTTP: ADDED, MODIFIED, DELETED, BOOKMARK and ERROR (code 410 when N is older tha
 the server keeps; `compact()` forgets them all; `gone_as_http` answers HTTP 410 instead).
 
 For tests: `stall(resource)` freezes the open watches (connection open, nothing sent, not even
-bookmarks), `fail(n, status)` answers the next n requests with an error, `bookmark()` sends a
-bookmark now (or every `bookmark_interval` seconds), `requests` records every request.
+bookmarks), `fail(n, status)` answers the next n requests with an error, `break_watches(n,
+code)` opens the next n watches and sends them an ERROR event with `code` at once (code None:
+ends them at once, with nothing sent), `bookmark()` sends a bookmark now (or every
+`bookmark_interval` seconds), `requests` records every request.
 Lists are paged when asked (`limit`, `continue`; `expire_continues()` makes the next page
 answer 410).
 Objects are written with `create`, `update`, `patch_object` and `delete` from the test itself.
@@ -145,6 +147,7 @@ class KubeApiServer:
         self.gone_as_http = False
         self.requests: list[Request] = []
         self._failures: list[_Failure] = []
+        self._broken: list[_Failure] = []  # the watches break_watches breaks (status: code)
         self._watchers: list[_Watcher] = []
         self._continues: dict[str, tuple[int, list[dict[str, Any]]]] = {}  # token -> rest
         self._closing = False
@@ -280,10 +283,19 @@ class KubeApiServer:
         with self.cond:
             self._failures.append(_Failure(count, status, resource, verb))
 
+    def break_watches(self, count: int, code: int | None = 500,
+                      resource: str | None = None) -> None:
+        """The next `count` watches (of `resource`, or any) open, then get an ERROR event
+        with `code` at once, or (code None) end at once without a byte of content."""
+        with self.cond:
+            self._broken.append(_Failure(count, code or 0, resource, "watch"))
+
     def heal(self) -> None:
-        """Forget the failures `fail` asked for that have not happened yet."""
+        """Forget the failures `fail` and `break_watches` asked for that have not happened
+        yet."""
         with self.cond:
             self._failures.clear()
+            self._broken.clear()
 
     def bookmark(self, resource: str | None = None) -> None:
         with self.cond:
@@ -324,14 +336,16 @@ class KubeApiServer:
             self.oldest = dropped[0]
         self.cond.notify_all()
 
-    def _take_failure(self, resource: str, verb: str) -> int:
+    def _take_failure(self, resource: str, verb: str,
+                      failures: list[_Failure] | None = None) -> int | None:
+        """The status of the next failure asked for that matches (None: no failure)."""
         with self.cond:
-            for failure in self._failures:
+            for failure in self._failures if failures is None else failures:
                 if failure.remaining > 0 and failure.resource in (None, resource) and (
                         failure.verb in (None, verb)):
                     failure.remaining -= 1
                     return failure.status
-        return 0
+        return None
 
     def _list(self, route: _Route, query: dict[str, str]) -> dict[str, Any]:
         """The objects, or a page of them (`limit`; `continue` for the next one, served from
@@ -368,6 +382,7 @@ class KubeApiServer:
         since_text = query.get("resourceVersion", "")
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         timeout = float(query.get("timeoutSeconds") or 1800)
+        broken = self._take_failure(res.name, "watch", self._broken)
         with self.cond:
             since = int(since_text) if since_text not in ("", "0") else None
             gone = since is not None and since < self.oldest
@@ -388,13 +403,18 @@ class KubeApiServer:
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
         try:
-            if gone:
+            if broken is not None:  # as asked: an ERROR event now, or nothing, then the end
+                if broken:
+                    handler.send_chunk({"type": "ERROR", "object": status_object(
+                        broken, "Expired" if broken == 410 else "InternalError",
+                        "injected watch failure")})
+            elif gone:  # an ERROR event, and the stream ends, as the real server ends it
                 handler.send_chunk({"type": "ERROR", "object": status_object(
                     410, "Expired", f"too old resource version: {since} ({self.oldest})")})
-                return
-            for kind, obj in backlog:
-                handler.send_chunk({"type": kind, "object": obj})
-            self._follow(handler, watcher, since, bookmarks, time.monotonic() + timeout)
+            else:
+                for kind, obj in backlog:
+                    handler.send_chunk({"type": kind, "object": obj})
+                self._follow(handler, watcher, since, bookmarks, time.monotonic() + timeout)
         except (BrokenPipeError, ConnectionResetError, OSError):
             return
         finally:

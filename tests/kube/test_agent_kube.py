@@ -301,6 +301,41 @@ def test_the_store_without_a_network_config_is_waited_for_and_named(cluster):
     assert f"waiting:  no network config in the store sqlite:{db}" in out
 
 
+def test_policy_from_the_api_beside_store_leases_has_its_one_client_in_status(cluster):
+    """--policy-source kube without --kube-subnet-mgr: leases in the store, NetworkPolicy
+    from the API through the one client, shown in /status as "kube"; the CNI journal the
+    plugins left is emptied (nothing records it: the API has the pods)."""
+    from tartan.cni import journal
+
+    a = cluster.add_node("node1")
+    journal_dir = cluster.tmp / "journal"
+    env = {"CNI_ARGS": "K8S_POD_NAMESPACE=x;K8S_POD_NAME=a", "CNI_CONTAINERID": "c1",
+           "CNI_IFNAME": "eth0"}
+    assert journal.note("ADD", env, 0, '{"ips": [{"address": "10.244.1.5/24"}]}',
+                        journal_dir)
+    a.start("--store", f"sqlite:{cluster.tmp / 'leases.db'}", "--net-config",
+            str(cluster.net_conf), "--policy-source", "kube", "--kubeconfig-file",
+            str(cluster.kubeconfig), "--cni-journal", str(journal_dir))
+    a.wait_ready()
+
+    def synced() -> dict:
+        status = a.status()  # ready (the routing) comes before NetworkPolicy starts
+        assert (status.get("networkPolicy") or {}).get("synced"), status.get("networkPolicy")
+        return status
+    status = eventually(synced, WAIT, process=a.proc, retry_on=(AssertionError, ValueError),
+                        what=lambda: f"NetworkPolicy from the API:\n{a.log.read_text()}")
+    assert status["networkPolicy"]["source"] == "kube"
+    kube = status["kube"]
+    assert kube["apiServer"] == cluster.api.url and kube["reachable"]
+    assert sorted(w["resource"] for w in kube["watches"]) == [
+        "namespaces", "networkpolicies", "pods"]
+    assert "leaseSource" not in status["node"]  # the lease is the store's
+    assert list(journal_dir.glob("*.json")) == []
+    assert "event=pod.journal_discarded requests=1" in a.log.read_text()
+    a.stop()
+    assert a.proc.returncode == 0
+
+
 BUNDLE = Path(__file__).resolve().parents[2] / "dist" / "tartan" / "tartan-full"
 
 

@@ -1,8 +1,10 @@
 """The kube subnet manager's leases (ipam/lease_kube.py) against the test API server: the
-node's lease is its podCIDR, flannel's annotations are published, other nodes are peers."""
+node's lease is its podCIDR, flannel's annotations are published, other nodes are peers; a
+PATCH the watch has not shown yet is no lost lease."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from ipaddress import IPv4Network
@@ -35,7 +37,7 @@ FLANNEL = Annotations.parse("flannel.alpha.coreos.com")
 def leases(kube) -> Iterator[KubeLeaseStore]:
     cache = Cache()
     reflector = Reflector("nodes", kube.core().list_node, cache, settings=FAST).start()
-    store = KubeLeaseStore(kube.core(), "node1", CONF, FLANNEL, cache, reflector, kube.url)
+    store = KubeLeaseStore(kube.core(), "node1", FLANNEL, cache, reflector, kube.url)
     try:
         assert cache.wait_synced(WAIT)
         yield store
@@ -68,7 +70,7 @@ def test_nothing_is_served_before_the_first_list(api_server, kube):
     api_server.fail(100, 500, "nodes")
     cache = Cache()
     reflector = Reflector("nodes", kube.core().list_node, cache, settings=FAST).start()
-    store = KubeLeaseStore(kube.core(), "node1", CONF, FLANNEL, cache, reflector, kube.url)
+    store = KubeLeaseStore(kube.core(), "node1", FLANNEL, cache, reflector, kube.url)
     try:
         eventually(lambda: reflector.error, WAIT, what="a failed list")
         with pytest.raises(KubeUnavailable, match=f"{kube.url} has not listed nodes: HTTP 500"):
@@ -198,3 +200,65 @@ def test_a_failed_patch_is_the_api_unavailable(api_server, leases):
     with pytest.raises(KubeUnavailable, match="PATCH of node node1's annotations"):
         manager(leases).acquire(ATTRS)
     assert json.loads(leases.keys.of(ATTRS)[FLANNEL.backend_data]) == ATTRS.backend_data
+
+
+def test_a_patch_the_watch_has_not_shown_yet_keeps_the_own_lease(api_server, kube):
+    """The Node watch lags (stalled here): acquire's PATCH is accepted but not seen within
+    its wait. The own lease is still listed (the agent's full pass would take it for lost
+    and PATCH again otherwise), an older event of the node does not delete it, acquire again
+    sends nothing, and once the watch shows the PATCH the node speaks for itself."""
+    events: list[tuple[str, dict]] = []
+    settings = dataclasses.replace(FAST, stall_timeout=2.0)
+    cache = Cache()
+    reflector = Reflector("nodes", kube.core().list_node, cache, settings=settings).start()
+    leases = KubeLeaseStore(kube.core(), "node1", FLANNEL, cache, reflector, kube.url,
+                            report=lambda event, fields: events.append((event, fields)))
+    try:
+        api_server.create("nodes", node("node1", "10.244.7.0/24"))
+        eventually(lambda: leases.own_node() is not None, WAIT, what="node1")
+        eventually(lambda: api_server.open_watches("nodes") == 1, WAIT, what="a watch")
+        api_server.stall("nodes")
+        holder = KubeLeaseManager(leases, parse_net_conf(CONF), published_wait=0.2)
+        lease = holder.acquire(ATTRS)
+        assert lease.subnet == IPv4Network("10.244.7.0/24") and lease.attrs == ATTRS
+        assert not leases._shows(FLANNEL.of(ATTRS))  # the cache has the old node still
+        mine = [(str(x.subnet), x.attrs) for x in leases.list_leases()[0]]
+        assert mine == [("10.244.7.0/24", ATTRS)]
+        assert [event for event, _ in events] == ["kube.publish_unseen"]
+        # an event of the node from before the PATCH, arriving late
+        revision = cache.revision
+        cache.apply("MODIFIED", node("node1", "10.244.7.0/24") | {"metadata": {
+            "name": "node1", "labels": {"late": "1"}, "annotations": {}}})
+        changes = leases.lease_changes(revision)
+        assert changes.deleted == [] and [x.attrs for x in changes.changed] == [ATTRS]
+        again = holder.acquire(ATTRS)
+        assert (again.subnet, again.attrs) == (lease.subnet, lease.attrs)
+        assert api_server.count("nodes", "patch") == 1  # not sent again
+        # the watch comes back (after its stall timeout) with the PATCH
+        eventually(lambda: leases._shows(FLANNEL.of(ATTRS)), WAIT, what="the PATCH seen")
+        assert [(str(x.subnet), x.attrs) for x in leases.list_leases()[0]] == mine
+        assert leases.published is None
+    finally:
+        leases.close()
+
+
+def test_an_unseen_patch_is_trusted_for_a_while_only(api_server, kube):
+    """Past PUBLISHED_TRUST the cache is believed again: a PATCH never seen makes the lease
+    lost (and the agent acquires, so PATCHes, again), once, not at every pass."""
+    settings = dataclasses.replace(FAST, stall_timeout=30.0)
+    cache = Cache()
+    reflector = Reflector("nodes", kube.core().list_node, cache, settings=settings).start()
+    leases = KubeLeaseStore(kube.core(), "node1", FLANNEL, cache, reflector, kube.url)
+    try:
+        api_server.create("nodes", node("node1", "10.244.7.0/24"))
+        eventually(lambda: leases.own_node() is not None, WAIT, what="node1")
+        eventually(lambda: api_server.open_watches("nodes") == 1, WAIT, what="a watch")
+        api_server.stall("nodes")
+        KubeLeaseManager(leases, parse_net_conf(CONF), published_wait=0.1).acquire(ATTRS)
+        assert len(leases.list_leases()[0]) == 1
+        leases.published_until = 0.0  # the trust has run out
+        assert leases.list_leases()[0] == []
+        KubeLeaseManager(leases, parse_net_conf(CONF), published_wait=0.1).acquire(ATTRS)
+        assert api_server.count("nodes", "patch") == 2
+    finally:
+        leases.close()

@@ -5,12 +5,17 @@ node's pods against all; and the enforcer fed by it compiles what StoreSource gi
 from __future__ import annotations
 
 import copy
+import io
 import ipaddress
+import threading
 from collections.abc import Iterator
 
 import pytest
 from kube_kit import FAST
 
+from tartan.backends import policy as policy_host
+from tartan.backends.log import Log
+from tartan.cni import journal
 from tartan.ipam.lease_kube import KubeUnavailable
 from tartan.ipam.lease_memory import MemoryLeaseStore
 from tartan.netpol.compiler import Compiled
@@ -81,10 +86,13 @@ def _try(call):
 
 
 def settle(source: KubeSource, api_server, check) -> object:
-    """The snapshot once the source has caught up with the server (and `check` holds)."""
+    """The snapshot once the source has caught up with the server (every reflector at the
+    server's resourceVersion: bookmarks bring them there) and `check` holds."""
     def caught_up():
-        states = [r.resource_version for r in source.reflectors]
-        assert all(int(rv) >= 0 for rv in states)
+        current = str(api_server.rv)
+        behind = {r.resource: r.resource_version for r in source.reflectors
+                  if r.resource_version != current}
+        assert not behind, f"behind the server's {current}: {behind}"
         snap = source.snapshot()
         assert check(snap), snap
         return snap
@@ -222,3 +230,27 @@ def test_the_enforcer_compiles_the_same_sets_and_rules_as_from_the_store(api_ser
     assert list(node1.isolated) and all("x/db" in pols for pols in node1.isolated.values())
     members = {member for s in node1.sets for member in s.members}
     assert {"10.244.2.6", "10.244.3.6"} <= members and "10.244.2.5" not in members
+
+
+def test_with_the_api_as_source_the_cni_journal_is_emptied(tmp_path, monkeypatch):
+    """No pod recorder reads the journal (the API has the pods): what the plugins leave
+    there while no agent answers is discarded, at start and at every drain after."""
+    monkeypatch.setattr(policy_host, "DRAIN_INTERVAL", 0.05)
+    env = {"CNI_ARGS": "K8S_POD_NAMESPACE=x;K8S_POD_NAME=a", "CNI_CONTAINERID": "c1",
+           "CNI_IFNAME": "eth0"}
+    result = '{"ips": [{"address": "10.244.1.5/24"}]}'
+    assert journal.note("ADD", env, 0, result, tmp_path)
+    assert journal.note("DEL", env, 0, "", tmp_path)
+    out = io.StringIO()
+    host = policy_host.PolicyHost(None, "node1", Log(out), interval=60, log_denied=False,
+                                  journal_dir=str(tmp_path), source=object())
+    host.enforcer.run = lambda stop: None  # no kernel here: the journal is the point
+    stop = threading.Event()
+    try:
+        host.start(stop)
+        assert journal.entries(tmp_path) == []  # at start, before the CNI socket serves
+        assert "event=pod.journal_discarded requests=2" in out.getvalue()
+        assert journal.note("ADD", env, 0, result, tmp_path)
+        eventually(lambda: journal.entries(tmp_path) == [], WAIT, what="a later drain")
+    finally:
+        stop.set()

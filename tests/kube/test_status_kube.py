@@ -110,3 +110,29 @@ def test_client_configuration_errors_are_one_line(monkeypatch, tmp_path):
     api = connect(None, "https://10.0.0.1:6443/")
     assert api.url == "https://10.0.0.1:6443"
     api.close()
+
+
+def test_one_kube_client_per_tartand_and_the_policy_sources_own_is_in_status():
+    """--policy-source kube without --kube-subnet-mgr: kube_client makes the one client
+    (main closes it at exit) and puts its state in /status as "kube", as the leases' is;
+    with --kube-subnet-mgr the leases' is the one; nothing reads the API: none."""
+    from types import SimpleNamespace
+
+    log = Log(io.StringIO())
+    args = agent.parse_args(["--policy-source", "kube", "--kube-api-url", "http://127.0.0.1:9"])
+    alone = SimpleNamespace(kube=None, status_parts={})
+    kube = agent.kube_client(alone, args, log)
+    try:
+        assert kube is not None and list(alone.status_parts) == ["kube"]
+        source = kube.policy_source()
+        assert kube.reflectors == source.reflectors  # stopped by kube.close()
+        part = alone.status_parts["kube"]()
+        assert part["apiServer"] == "http://127.0.0.1:9" and len(part["watches"]) == 3
+        leases = SimpleNamespace(kube=kube, status_parts={})
+        assert agent.kube_client(leases, args, log) is kube and leases.status_parts == {}
+    finally:
+        kube.close()
+    for flags in (["--no-network-policy", "--policy-source", "kube"], []):
+        nobody = SimpleNamespace(kube=None, status_parts={})
+        assert agent.kube_client(nobody, agent.parse_args(flags), log) is None
+        assert nobody.status_parts == {}

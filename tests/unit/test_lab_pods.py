@@ -24,7 +24,8 @@ def test_cni_env_is_what_a_kubelet_runtime_sets():
     assert env["CNI_ARGS"] == ("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;"
                                "K8S_POD_NAME=node2-pod1;K8S_POD_INFRA_CONTAINER_ID=" + "ab" * 32)
     assert lab_pods.CNI_CONFIG == {"cniVersion": "1.0.0", "name": "tartan-lab",
-                                   "type": "tartan"}
+                                   "type": "tartan",
+                                   "delegate": {"hairpinMode": True, "isDefaultGateway": True}}
 
 
 def test_new_pod_names_and_container_ids_are_unique():
