@@ -172,6 +172,22 @@ class LiveTable:
         return [rule for rule in self.rules() if rule.target == chain]
 
 
+Owner = Callable[[tuple[str, ...]], "tuple[str, str] | None"]  # (network, container) of a rule
+
+
+def containers_in(live: LiveTable, network: str, owner: Owner,
+                  chain_name: Callable[[str, str], str]) -> set[str]:
+    """Containers of `network` with a per-container chain or a jump to one in `live`: named
+    by the rule's comment (`owner`) and confirmed by the chain's name, so that a look-alike
+    comment elsewhere is not taken."""
+    found = set()
+    for rule in live.rules():
+        who = owner(rule.args)
+        if who and who[0] == network and chain_name(*who) in (rule.chain, rule.target):
+            found.add(who[1])
+    return found
+
+
 def applied_live(state: Table) -> LiveTable:
     """What a reading of the table would show of `state` once it was applied: its chains
     with their rules, its shared rules in their chains (other owners' rules not known)."""

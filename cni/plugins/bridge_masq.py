@@ -23,7 +23,7 @@ from dataclasses import replace
 from functools import partial
 
 from tartan.cni import errors
-from tartan.kernel.iptables import Chain, Iptables, LiveTable, Rule, Table
+from tartan.kernel.iptables import Chain, Iptables, LiveTable, Rule, Table, containers_in
 
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Applier = Callable[[int], Iptables]  # family (4 or 6) -> the applier for it
@@ -129,12 +129,7 @@ def gc(network: str, valid_container_ids: set[str], *, applier: Applier = Iptabl
 
 def containers(live: LiveTable, network: str) -> set[str]:
     """Containers of `network` that have a masquerade chain or jump in `live`."""
-    found = set()
-    for rule in live.rules():
-        owner = _owner(rule.args)
-        if owner and owner[0] == network and chain_name(*owner) in (rule.chain, rule.target):
-            found.add(owner[1])
-    return found
+    return containers_in(live, network, _owner, chain_name)
 
 
 def _owner(args: tuple[str, ...]) -> tuple[str, str] | None:

@@ -40,7 +40,7 @@ from dataclasses import replace
 
 from tartan.cni.plugins.portmap_config import PortMapConfig, PortMapping
 from tartan.cni.types import Result
-from tartan.kernel.iptables import Chain, LiveTable, Rule, Table
+from tartan.kernel.iptables import Chain, LiveTable, Rule, Table, containers_in
 
 ContainerAddress = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -200,14 +200,8 @@ def owner(args: tuple[str, ...]) -> tuple[str, str] | None:
 
 
 def containers(live: LiveTable, network: str) -> set[str]:
-    """Containers of `network` with a portmap chain or jump in `live` (named by comment and
-    confirmed by the chain name, so a look-alike comment elsewhere is not taken)."""
-    found = set()
-    for rule in live.rules():
-        who = owner(rule.args)
-        if who and who[0] == network and chain_name(*who) in (rule.chain, rule.target):
-            found.add(who[1])
-    return found
+    """Containers of `network` with a portmap chain or jump in `live`."""
+    return containers_in(live, network, owner, chain_name)
 
 
 def without_stale_jumps(state: Table, live: LiveTable) -> Table:
